@@ -1,0 +1,121 @@
+"""The application factory: config -> extensions -> errors -> blueprints."""
+
+import os
+import re
+import uuid
+
+from flask import Flask, g, request
+from sqlalchemy import event
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from spacio import config as config_module
+from spacio import errors, mail
+from spacio.extensions import api, cors, db, jwt, limiter, migrate
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def create_app(config=None, **overrides):
+    """Build an app. ``config`` (a dict or object) and ``overrides`` win over the
+    defaults and the ``SPACIO_*`` environment. Connects to nothing."""
+    app = Flask("spacio", instance_path=overrides.pop("INSTANCE_PATH", None) or _env_instance_path())
+    config_module.load(app, config, overrides)
+    if app.config["PROXY_FIX_X_FOR"]:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=app.config["PROXY_FIX_X_FOR"], x_proto=1)
+
+    _init_database(app)
+    _init_tokens(app)
+    limiter.init_app(app)
+    cors.init_app(
+        app,
+        resources={r"/api/*": {"origins": app.config["CORS_ORIGINS"]}},
+        supports_credentials=True,
+        allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Request-ID"],
+        expose_headers=["X-Pagination", "X-Request-ID", "Retry-After", "X-RateLimit-Limit",
+                        "X-RateLimit-Remaining", "X-RateLimit-Reset"],
+        max_age=600,
+    )
+    mail.init_app(app)
+    api.init_app(app)
+    api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
+    app.register_error_handler(errors.SpacioError, errors.handle_spacio_error)
+    _init_request_hooks(app)
+
+    from spacio.auth.routes import blp as auth_blp
+    from spacio.invites.routes import blp as invites_blp
+    from spacio.ops import blp as ops_blp
+    from spacio.spaces.routes import blp as spaces_blp
+
+    for blp in (auth_blp, spaces_blp, invites_blp):
+        api.register_blueprint(blp)
+    app.register_blueprint(ops_blp)
+
+    from spacio.cli import spacio_cli
+
+    app.cli.add_command(spacio_cli)
+    return app
+
+
+def _env_instance_path():
+    return os.environ.get("SPACIO_INSTANCE_PATH") or None
+
+
+def _init_database(app):
+    # models must be imported before Alembic or create_all look at the metadata
+    from spacio import models  # noqa: F401
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=app.config.get("MIGRATIONS_DIRECTORY") or _migrations_dir(),
+                     compare_type=True, render_as_batch=True)
+    if config_module.is_embedded(app):
+        busy_ms = int(app.config["SQLITE_BUSY_TIMEOUT_MS"])
+        with app.app_context():
+            engine = db.engine
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record):
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
+            cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+            cursor.execute("PRAGMA foreign_keys=ON")  # ON DELETE CASCADE, as on Postgres
+            cursor.close()
+
+
+def _migrations_dir():
+    """The project's top-level migrations/ (next to the package in a checkout)."""
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "migrations")
+
+
+def _init_tokens(app):
+    from spacio.auth.models import User
+    from spacio.auth.services import token_is_revoked
+
+    jwt.init_app(app)
+    errors.init_jwt_errors(jwt)
+
+    @jwt.token_in_blocklist_loader
+    def _revoked(_header, payload):
+        return token_is_revoked(payload)
+
+    @jwt.user_lookup_loader
+    def _user(_header, payload):
+        try:
+            return db.session.get(User, uuid.UUID(payload["sub"]))
+        except (KeyError, ValueError):
+            return None
+
+
+def _init_request_hooks(app):
+    json_max = app.config["JSON_MAX_BYTES"]
+
+    @app.before_request
+    def _before():
+        rid = request.headers.get("X-Request-ID", "")
+        g.request_id = rid if _REQUEST_ID.match(rid) else uuid.uuid4().hex
+        if request.mimetype != "multipart/form-data":
+            request.max_content_length = json_max  # only uploads may be large
+
+    @app.after_request
+    def _after(response):
+        response.headers["X-Request-ID"] = g.get("request_id") or uuid.uuid4().hex
+        return response

@@ -1,0 +1,170 @@
+"""Configuration: embedded defaults, then ``SPACIO_*`` environment variables.
+
+Every key below can be set as ``SPACIO_<KEY>``; values are parsed as JSON when they
+look like JSON (numbers, booleans, lists), and ``__`` nests (``SPACIO_A__B=1`` sets
+``config["A"]["B"]``). The defaults run everything in one process with no services:
+SQLite under ``instance/``, in-memory rate limits, mail written to an outbox table.
+"""
+
+import os
+import secrets
+from urllib.parse import urlsplit
+
+MIB = 1024 * 1024
+
+
+class Defaults:
+    # database: SQLite under the instance folder unless a URI is given
+    SQLALCHEMY_DATABASE_URI = None
+    SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
+    SQLALCHEMY_TRACK_MODIFICATIONS = False
+    SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+    # Redis: rate-limit storage now; broker and chat memory later. None = in-process.
+    REDIS_URL = None
+
+    # tokens
+    JWT_SECRET_KEY = None  # embedded default: generated once into instance/jwt-secret
+    JWT_ACCESS_TOKEN_EXPIRES = 15 * 60  # seconds
+    JWT_REFRESH_TOKEN_EXPIRES = 30 * 24 * 3600
+    JWT_TOKEN_LOCATION = ["headers"]
+    JWT_ALGORITHM = "HS256"
+    JWT_DECODE_LEEWAY = 0
+    PASSWORD_RESET_EXPIRES_MINUTES = 60
+    INVITE_EXPIRES_HOURS = 72
+    INVITE_MAX_EXPIRES_HOURS = 30 * 24
+
+    # passwords: argon2id (argon2-cffi's RFC 9106 low-memory profile) + zxcvbn strength
+    PASSWORD_MIN_LENGTH = 8
+    PASSWORD_MAX_LENGTH = 256
+    PASSWORD_MIN_SCORE = 3  # zxcvbn score 0..4
+    ARGON2_TIME_COST = 3
+    ARGON2_MEMORY_COST = 64 * 1024  # KiB
+    ARGON2_PARALLELISM = 4
+
+    # the frontend: links in mails, default CORS origin
+    FRONTEND_URL = "http://localhost:3000"
+    CORS_ORIGINS = None  # list or comma-separated string; default: FRONTEND_URL's origin
+
+    # mail: empty = outbox table + log; smtp://user:pass@host:port or smtps://...
+    MAIL_URL = None
+    MAIL_FROM = "Spacio <no-reply@localhost>"
+    MAIL_TIMEOUT = 10
+
+    # rate limits (flask-limiter strings); storage is REDIS_URL when set
+    RATELIMIT_ENABLED = True
+    RATELIMIT_HEADERS_ENABLED = True
+    RATELIMIT_SWALLOW_ERRORS = True
+    RATELIMIT_IN_MEMORY_FALLBACK_ENABLED = True
+    RATELIMIT_KEY_PREFIX = "spacio"
+    LOGIN_RATE_LIMIT = "10 per minute;100 per hour"  # per client address and per email
+    REGISTER_RATE_LIMIT = "20 per hour"  # per client address
+    PASSWORD_RESET_RATE_LIMIT = "5 per minute;20 per hour"  # per client address and per email
+    INVITE_ACCEPT_RATE_LIMIT = "20 per minute"  # per client address: token guessing
+    INVITE_RATE_LIMIT = "60 per hour"  # invite requests per user (each up to 50 emails)
+    # trusted reverse proxies in front of the app (X-Forwarded-For hops), 0 = none
+    PROXY_FIX_X_FOR = 0
+
+    # request size: uploads may be large, JSON bodies may not
+    MAX_CONTENT_LENGTH = 100 * MIB
+    JSON_MAX_BYTES = 1 * MIB
+
+    # plugins recorded on a space at creation (the plugin host resolves them)
+    CHUNKER = "recursive"
+    EMBEDDER = "local"
+    VECTOR_STORE = "local"
+
+    # OpenAPI: spec at /api/v1/openapi.json, Swagger UI at /docs, ReDoc at /redoc, all local
+    API_TITLE = "Spacio"
+    API_VERSION = "1"
+    OPENAPI_VERSION = "3.0.3"
+    OPENAPI_URL_PREFIX = "/"
+    OPENAPI_JSON_PATH = "api/v1/openapi.json"
+    OPENAPI_SWAGGER_UI_PATH = "docs"
+    OPENAPI_SWAGGER_UI_URL = "/docs/assets/"
+    OPENAPI_REDOC_PATH = "redoc"
+    OPENAPI_REDOC_URL = "/static/redoc/redoc.standalone.js"
+    OPENAPI_SWAGGER_UI_CONFIG = {"persistAuthorization": True}
+
+
+def load(app, config=None, overrides=None):
+    """Fill ``app.config``: defaults, then SPACIO_* env, then ``config``, then overrides."""
+    app.config.from_object(Defaults)
+    app.config.from_prefixed_env("SPACIO")
+    if config is not None:
+        if isinstance(config, dict):
+            app.config.update(config)
+        else:
+            app.config.from_object(config)
+    app.config.update(overrides or {})
+    _derive(app)
+
+
+def _derive(app):
+    cfg = app.config
+    if not cfg["SQLALCHEMY_DATABASE_URI"]:
+        os.makedirs(app.instance_path, exist_ok=True)
+        cfg["SQLALCHEMY_DATABASE_URI"] = "sqlite:///" + os.path.join(app.instance_path, "spacio.db")
+    cfg["SQLALCHEMY_DATABASE_URI"] = _normalise_db_uri(cfg["SQLALCHEMY_DATABASE_URI"])
+    if cfg["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
+        # pool_pre_ping is pointless for a file, and SQLite's pool takes no size options
+        cfg["SQLALCHEMY_ENGINE_OPTIONS"] = {
+            k: v for k, v in cfg["SQLALCHEMY_ENGINE_OPTIONS"].items() if k != "pool_pre_ping"
+        }
+    if not cfg["JWT_SECRET_KEY"]:
+        if not is_embedded(app):
+            raise RuntimeError(
+                "SPACIO_JWT_SECRET_KEY must be set when the database is not the embedded SQLite: "
+                "every web worker must sign tokens with the same secret."
+            )
+        cfg["JWT_SECRET_KEY"] = _instance_secret(app.instance_path)
+    if len(cfg["JWT_SECRET_KEY"]) < 32:
+        raise RuntimeError("SPACIO_JWT_SECRET_KEY must be at least 32 characters long.")
+    cfg["CORS_ORIGINS"] = cors_origins(cfg)
+    cfg["RATELIMIT_STORAGE_URI"] = cfg.get("RATELIMIT_STORAGE_URI") or cfg["REDIS_URL"] or "memory://"
+    cfg["FRONTEND_URL"] = cfg["FRONTEND_URL"].rstrip("/")
+
+
+def is_embedded(app):
+    return app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite")
+
+
+def _normalise_db_uri(uri):
+    # PaaS providers hand out postgres:// URLs; psycopg 3 is the driver we ship
+    for prefix in ("postgres://", "postgresql://"):
+        if uri.startswith(prefix):
+            return "postgresql+psycopg://" + uri[len(prefix):]
+    return uri
+
+
+def cors_origins(cfg):
+    origins = cfg.get("CORS_ORIGINS")
+    if not origins:
+        parts = urlsplit(cfg["FRONTEND_URL"])
+        return [f"{parts.scheme}://{parts.netloc}"]
+    if isinstance(origins, str):
+        origins = origins.split(",")
+    return [o.strip().rstrip("/") for o in origins if o.strip()]
+
+
+def _instance_secret(instance_path):
+    """Read the embedded default's JWT secret, creating it once (mode 0600) if missing.
+
+    Written to a temporary file and hard-linked into place, so two processes starting
+    at once agree on one secret and never read a half-written file.
+    """
+    os.makedirs(instance_path, exist_ok=True)
+    path = os.path.join(instance_path, "jwt-secret")
+    if not os.path.exists(path):
+        tmp = f"{path}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(secrets.token_urlsafe(48))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    with open(path, encoding="ascii") as f:
+        return f.read().strip()

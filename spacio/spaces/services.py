@@ -1,0 +1,157 @@
+"""Spaces, members and the rules of who may do what (API.md)."""
+
+from flask import current_app
+from sqlalchemy import select
+
+from spacio.db import utcnow
+from spacio.errors import Conflict, Forbidden, Invalid, NotFound
+from spacio.extensions import db
+from spacio.spaces.models import ROLES, Membership, Space
+
+# the least role an action needs
+READ, WRITE, MANAGE = "viewer", "editor", "owner"
+
+
+def outranks(role, other):
+    return ROLES.index(role) > ROLES.index(other)
+
+
+def access(user, space_id, needs=READ):
+    """The space and the caller's membership, if the caller may do what ``needs`` allows.
+
+    A non-member gets 404 whatever they ask (existence is not revealed); a member without
+    the right gets 403.
+    """
+    row = db.session.execute(
+        select(Space, Membership.role)
+        .join(Membership, Membership.space_id == Space.id)
+        .where(Space.id == space_id, Membership.user_id == user.id)
+    ).first()
+    if row is None:
+        raise NotFound("Space not found.", reason="space_not_found")
+    space, role = row
+    if outranks(needs, role):
+        raise Forbidden(f"This needs the {needs} role in this space; you are {role}.")
+    space.role = role  # the caller's role, shown on the space
+    return space
+
+
+def spaces_of(user):
+    """A select() of the user's spaces with the user's role, newest first."""
+    return (
+        select(Space, Membership.role)
+        .join(Membership, Membership.space_id == Space.id)
+        .where(Membership.user_id == user.id)
+        .order_by(Space.created_at.desc(), Space.id)
+    )
+
+
+def with_roles(rows):
+    spaces = []
+    for space, role in rows:
+        space.role = role
+        spaces.append(space)
+    return spaces
+
+
+def _check_settings(settings):
+    size, overlap = settings.get("chunk_size"), settings.get("chunk_overlap")
+    if size is not None and overlap is not None and overlap >= size // 2:
+        raise Invalid("chunk_overlap must be less than half of chunk_size.",
+                      errors={"settings": {"chunk_overlap": ["Must be less than half of chunk_size."]}})
+
+
+def _merge_settings(current, changes):
+    merged = {**current, **changes}
+    return {k: v for k, v in merged.items() if v is not None}
+
+
+def create(user, name, description, settings):
+    settings = _merge_settings({}, settings)
+    _check_settings(settings)
+    cfg = current_app.config
+    space = Space(
+        name=name, description=description, owner_id=user.id, settings=settings,
+        pipeline={kind: {"name": cfg[key]} for kind, key in
+                  (("chunker", "CHUNKER"), ("embedder", "EMBEDDER"), ("vector_store", "VECTOR_STORE"))},
+    )
+    space.memberships.append(Membership(user_id=user.id, role="owner"))
+    db.session.add(space)
+    db.session.commit()
+    space.role = "owner"
+    return space
+
+
+def update(user, space_id, changes):
+    space = access(user, space_id, MANAGE)
+    if "settings" in changes:
+        settings = _merge_settings(space.settings or {}, changes.pop("settings"))
+        _check_settings(settings)
+        space.settings = settings
+    for key, value in changes.items():
+        setattr(space, key, value)
+    db.session.commit()
+    return space
+
+
+def delete(user, space_id):
+    """Delete the space and everything in it (members, invites, and what later features add)."""
+    space = access(user, space_id, MANAGE)
+    db.session.delete(space)
+    db.session.commit()
+
+
+def members_of(space):
+    return select(Membership).where(Membership.space_id == space.id).order_by(Membership.joined_at, Membership.user_id)
+
+
+def _member(space, user_id):
+    member = db.session.get(Membership, (space.id, user_id))
+    if member is None:
+        raise NotFound("That user is not a member of this space.", reason="member_not_found")
+    return member
+
+
+def change_role(user, space_id, member_id, role):
+    space = access(user, space_id, MANAGE)
+    member = _member(space, member_id)
+    if member.role == "owner":
+        raise Conflict("The owner's role cannot change; transfer ownership instead.", reason="owner_role_fixed")
+    member.role = role
+    db.session.commit()
+    return member
+
+
+def remove_member(user, space_id, member_id):
+    """The owner removes a member, or a member leaves (removes themself)."""
+    space = access(user, space_id, READ if member_id == user.id else MANAGE)
+    member = _member(space, member_id)
+    if member.role == "owner":
+        raise Conflict("The owner cannot leave; transfer ownership or delete the space.", reason="owner_cannot_leave")
+    db.session.delete(member)
+    db.session.commit()
+
+
+def transfer(user, space_id, new_owner_id):
+    space = access(user, space_id, MANAGE)
+    if new_owner_id == user.id:
+        raise Conflict("You already own this space.", reason="already_owner")
+    target = _member(space, new_owner_id)
+    db.session.get(Membership, (space.id, user.id)).role = "editor"
+    target.role = "owner"
+    space.owner_id = new_owner_id
+    space.updated_at = utcnow()
+    db.session.commit()
+    space.role = "editor"
+    return space
+
+
+def add_member(space, user_id, role):
+    """Make the user a member with ``role``, or raise their role to it; never lowers one."""
+    member = db.session.get(Membership, (space.id, user_id))
+    if member is None:
+        member = Membership(space_id=space.id, user_id=user_id, role=role)
+        db.session.add(member)
+    elif outranks(role, member.role):
+        member.role = role
+    return member
