@@ -202,3 +202,13 @@ def assert_error(response, code, reason=None):
     if reason is not None:
         assert body["reason"] == reason, body
     return body
+
+
+@pytest.fixture
+def unused_port():
+    """A loopback port nothing listens on."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,26 @@
+"""gunicorn settings, read from the environment (PaaS conventions: PORT, WEB_CONCURRENCY).
+
+The web runs gevent workers: one worker holds many concurrent requests and streams.
+The embedded default (SQLite, in-process rate limits) must run as ONE worker process.
+"""
+
+import os
+
+
+def _embedded():
+    uri = os.environ.get("SPACIO_SQLALCHEMY_DATABASE_URI", "")
+    return not uri or uri.startswith("sqlite")
+
+
+bind = os.environ.get("GUNICORN_BIND") or f"0.0.0.0:{os.environ.get('PORT', '8000')}"
+worker_class = "gevent"
+workers = 1 if _embedded() else int(os.environ.get("WEB_CONCURRENCY", "2"))
+worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))  # a worker silent this long is restarted
+graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))  # SIGTERM: finish requests
+keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
+accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-")
+errorlog = "-"
+loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
+# only trust X-Forwarded-* from the platform's router (see SPACIO_PROXY_FIX_X_FOR)
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
