@@ -50,6 +50,7 @@ class Defaults:
     MAIL_URL = None
     MAIL_FROM = "Spacio <no-reply@localhost>"
     MAIL_TIMEOUT = 10
+    MAIL_TLS_CA_FILE = None  # CA bundle for a server with a private CA; default: the system's
 
     # rate limits (flask-limiter strings); storage is REDIS_URL when set
     RATELIMIT_ENABLED = True
@@ -57,6 +58,7 @@ class Defaults:
     RATELIMIT_SWALLOW_ERRORS = True
     RATELIMIT_IN_MEMORY_FALLBACK_ENABLED = True
     RATELIMIT_KEY_PREFIX = "spacio"
+    RATELIMIT_STRATEGY = "moving-window"  # exact: no double burst at a window's edge
     LOGIN_RATE_LIMIT = "10 per minute;100 per hour"  # per client address and per email
     REGISTER_RATE_LIMIT = "20 per hour"  # per client address
     PASSWORD_RESET_RATE_LIMIT = "5 per minute;20 per hour"  # per client address and per email

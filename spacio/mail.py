@@ -48,7 +48,7 @@ class OutboxMailer:
 
 
 class SmtpMailer:
-    def __init__(self, url, sender, timeout):
+    def __init__(self, url, sender, timeout, ca_file=None):
         parts = urlsplit(url)
         self.tls = parts.scheme == "smtps"
         self.host = parts.hostname or "localhost"
@@ -58,6 +58,7 @@ class SmtpMailer:
         self.require_starttls = parse_qs(parts.query).get("starttls") == ["required"]
         self.sender = sender
         self.timeout = timeout
+        self.ca_file = ca_file
 
     def send(self, to, subject, body):
         message = EmailMessage()
@@ -75,7 +76,7 @@ class SmtpMailer:
         current_app.logger.info("mail to %s sent via %s:%s: %s", to, self.host, self.port, subject)
 
     def _deliver(self, message):
-        context = ssl.create_default_context()
+        context = ssl.create_default_context(cafile=self.ca_file)
         if self.tls:
             client = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=context)
         else:
@@ -97,7 +98,7 @@ def init_app(app):
     if not url:
         mailer = OutboxMailer()
     elif urlsplit(url).scheme in ("smtp", "smtps"):
-        mailer = SmtpMailer(url, app.config["MAIL_FROM"], app.config["MAIL_TIMEOUT"])
+        mailer = SmtpMailer(url, app.config["MAIL_FROM"], app.config["MAIL_TIMEOUT"], app.config["MAIL_TLS_CA_FILE"])
     else:
         raise RuntimeError(f"SPACIO_MAIL_URL: unsupported scheme in {urlsplit(url).scheme!r}; use smtp:// or smtps://")
     app.extensions["spacio.mailer"] = mailer

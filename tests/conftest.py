@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import text
 
 from spacio import create_app
-from spacio.extensions import db
+from spacio.extensions import db, limiter
 
 # behaviour, not KDF cost, is under test here (tests/unit checks the production parameters)
 FAST_HASHING = {"ARGON2_TIME_COST": 1, "ARGON2_MEMORY_COST": 1024, "ARGON2_PARALLELISM": 1}
@@ -72,6 +72,9 @@ def make_app(database, instance_path):
     apps = []
 
     def make(**overrides):
+        # The limiter is a module singleton that keeps "storage is down" from one app to the
+        # next; a process in production has one app, the tests build many.
+        limiter._storage_dead = False
         config = {"TESTING": True, "SQLALCHEMY_DATABASE_URI": database, "JWT_SECRET_KEY": TEST_SECRET,
                   **FAST_HASHING, **overrides}
         app = create_app(config, INSTANCE_PATH=instance_path)
