@@ -11,8 +11,9 @@ from zxcvbn import zxcvbn
 
 from spacio.errors import Invalid
 
-# zxcvbn's cost grows quickly with length; a prefix this long already tells a strong password
-_STRENGTH_PREFIX = 100
+# zxcvbn refuses more than 72 characters (its cost grows quickly with length); a prefix
+# that long already tells a strong password from a weak one
+_STRENGTH_PREFIX = 72
 
 
 def _hasher():

@@ -9,6 +9,7 @@
 
 import os
 import re
+import sys
 
 import pytest
 from sqlalchemy import text
@@ -26,6 +27,13 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "/unit/" in str(item.fspath):
             item.add_marker(pytest.mark.unit)
+
+
+def pytest_terminal_summary(terminalreporter):
+    fuzz = sys.modules.get("tests.integration.test_schemathesis")
+    if fuzz is not None and fuzz.CASES:
+        counts = ", ".join(f"{backend}: {n}" for backend, n in sorted(fuzz.CASES.items()))
+        terminalreporter.write_line(f"schemathesis cases run ({counts})")
 
 
 def postgres_url():
