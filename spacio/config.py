@@ -27,16 +27,11 @@ class Defaults:
     JWT_SECRET_KEY = None  # embedded default: generated once into instance/jwt-secret
     JWT_ACCESS_TOKEN_EXPIRES = 15 * 60  # seconds
     JWT_REFRESH_TOKEN_EXPIRES = 30 * 24 * 3600
-    JWT_TOKEN_LOCATION = ["headers"]
-    JWT_ALGORITHM = "HS256"
-    JWT_DECODE_LEEWAY = 0
     PASSWORD_RESET_EXPIRES_MINUTES = 60
     INVITE_EXPIRES_HOURS = 72
-    INVITE_MAX_EXPIRES_HOURS = 30 * 24
 
     # passwords: argon2id (argon2-cffi's RFC 9106 low-memory profile) + zxcvbn strength
     PASSWORD_MIN_LENGTH = 8
-    PASSWORD_MAX_LENGTH = 256
     PASSWORD_MIN_SCORE = 3  # zxcvbn score 0..4
     ARGON2_TIME_COST = 3
     ARGON2_MEMORY_COST = 64 * 1024  # KiB

@@ -23,12 +23,6 @@ TEST_SECRET = "test-secret-" + "x" * 40
 STRONG_PASSWORD = "lavender-Orbit-73-quietly"
 
 
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if "/unit/" in str(item.fspath):
-            item.add_marker(pytest.mark.unit)
-
-
 def pytest_terminal_summary(terminalreporter):
     fuzz = sys.modules.get("tests.integration.test_schemathesis")
     if fuzz is not None and fuzz.CASES:
@@ -159,7 +153,7 @@ class ApiClient:
 
         with self.app.app_context():
             message = db.session.scalars(
-                select(OutboxMessage).where(OutboxMessage.to == to).order_by(OutboxMessage.created_at.desc())
+                select(OutboxMessage).where(OutboxMessage.to == to.strip().lower()).order_by(OutboxMessage.created_at.desc())
             ).first()
             assert message is not None, f"no mail to {to}"
             return message.subject, message.body

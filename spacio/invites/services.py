@@ -71,7 +71,7 @@ def _status_is(status, now):
 
 def invites_of(user, space_id, status=None):
     space = spaces.access(user, space_id, spaces.MANAGE)
-    statement = select(Invite).where(Invite.space_id == space.id).order_by(Invite.created_at.desc(), Invite.id)
+    statement = select(Invite).where(Invite.space_id == space.id).order_by(Invite.created_at.desc(), Invite.email)
     if status:
         statement = statement.where(_status_is(status, utcnow()))
     return statement
@@ -102,6 +102,8 @@ def accept(user, token):
     entry = db.session.scalar(select(Invite).where(Invite.token_hash == security.token_hash(token)))
     if entry is None:
         raise NotFound("This invite link is not valid.", reason="invite_not_found")
+    if entry.email != user.email:  # checked first: a stranger learns nothing about the invite
+        raise Forbidden("This invite is for another email address.", reason="invite_not_for_you")
     now = utcnow()
     status = entry.status_at(now)
     if status != "pending":
@@ -111,8 +113,6 @@ def accept(user, token):
             "expired": ("invite_expired", "This invite has expired; ask for a new one."),
         }[status]
         raise Gone(message, reason=reason)
-    if entry.email != user.email:
-        raise Forbidden("This invite is for another email address.", reason="invite_not_for_you")
     claimed = db.session.execute(
         update(Invite).where(Invite.id == entry.id, _status_is("pending", now))
         .values(accepted_at=now, accepted_by_id=user.id).execution_options(synchronize_session=False)

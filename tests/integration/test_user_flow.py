@@ -116,3 +116,15 @@ def test_smtp_refuses_an_untrusted_certificate(make_app, starttls_server):
                            headers=alice.headers)
     assert_error(response, 503, "mail_unavailable")
     assert mailbox.messages == []
+
+
+def test_smtp_can_insist_on_starttls(make_app, smtp_server):
+    """`?starttls=required`: a server that does not offer TLS gets no mail (503), not plain text."""
+    mailbox, port = smtp_server
+    client = ApiClient(make_app(MAIL_URL=f"smtp://127.0.0.1:{port}?starttls=required").test_client())
+    alice = client.user("alice@example.com")
+    space = client.space(alice)
+    response = client.post(f"/api/v1/spaces/{space['id']}/invites", json={"emails": ["bob@example.com"]},
+                           headers=alice.headers)
+    assert_error(response, 503, "mail_unavailable")
+    assert mailbox.messages == []
