@@ -73,7 +73,17 @@ class Defaults:
 
     # OpenAPI: spec at /api/v1/openapi.json, Swagger UI at /docs, ReDoc at /redoc, all local
     API_TITLE = "Spacio"
-    API_VERSION = "1"
+    API_VERSION = "v1"
+    API_SPEC_OPTIONS = {
+        "info": {
+            "description": (
+                "Collaborative knowledge spaces. Log in with `POST /api/v1/auth/login` and send the "
+                "access token as `Authorization: Bearer <token>`. Lists are paginated with `page` and "
+                "`page_size`; the `X-Pagination` header carries the totals. Every error has one body: "
+                "`{code, status, message, reason, errors}`; switch on `reason`."
+            )
+        }
+    }
     OPENAPI_VERSION = "3.0.3"
     OPENAPI_URL_PREFIX = "/"
     OPENAPI_JSON_PATH = "api/v1/openapi.json"
