@@ -100,7 +100,7 @@ def _init_tokens(app):
     @jwt.user_lookup_loader
     def _user(_header, payload):
         try:
-            return db.session.get(User, uuid.UUID(payload["sub"]))
+            return db.session.get(User, uuid.UUID(str(payload["sub"])))
         except (KeyError, ValueError):
             return None
 

@@ -69,8 +69,8 @@ def token_is_revoked(payload):
     be the session's current one. An older refresh token means it was copied: the
     session is revoked, so the thief and the victim both have to log in again."""
     try:
-        sid = uuid.UUID(payload.get("sid", ""))
-    except ValueError:
+        sid = uuid.UUID(payload.get("sid"))
+    except (TypeError, ValueError, AttributeError):  # missing, or not a UUID string
         return True
     session = db.session.get(AuthSession, sid)
     if session is None or session.revoked_at is not None or str(session.user_id) != payload.get("sub"):
