@@ -113,6 +113,11 @@ class Gone(SpacioError):
     reason = "gone"
 
 
+class UnsupportedMediaType(SpacioError):
+    code = 415
+    reason = "unsupported_media_type"
+
+
 class Unavailable(SpacioError):
     code = 503
     reason = "service_unavailable"

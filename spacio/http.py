@@ -28,15 +28,6 @@ def _is_json(mimetype):
     return mimetype == "application/json" or mimetype.endswith("+json")
 
 
-class _UnsupportedMediaType(errors.SpacioError):
-    code = 415
-    reason = "unsupported_media_type"
-    message = "Send the request body as application/json."
-
-    def __init__(self):
-        super().__init__()
-
-
 class Blueprint(flask_smorest.Blueprint):
     DEFAULT_PAGINATION_PARAMETERS = {"page": 1, "page_size": 50, "max_page_size": 200}
 
@@ -59,7 +50,7 @@ class Blueprint(flask_smorest.Blueprint):
             def checked(*args, **kw):
                 if (request.content_length or 0) > 0 or request.headers.get("Transfer-Encoding"):
                     if not _is_json(request.mimetype):
-                        raise _UnsupportedMediaType()
+                        raise errors.UnsupportedMediaType("Send the request body as application/json.")
                 return parsed(*args, **kw)
 
             return self.errors(415)(checked)
@@ -91,9 +82,7 @@ class Blueprint(flask_smorest.Blueprint):
         from spacio.extensions import limiter
 
         def decorator(view):
-            view = limiter.limit(
-                lambda: current_app.config[config_key], key_func=key_func
-            )(view)
+            view = limiter.limit(lambda: current_app.config[config_key], key_func=key_func)(view)
             return self.errors(429)(view)
 
         return decorator
