@@ -14,7 +14,7 @@ from spacio.extensions import db
 from spacio.invites.models import Invite
 from spacio.mail import OutboxMessage
 from spacio.spaces.models import Membership
-from tests.api.test_spaces import assert_pagination, parse_timestamp, roles_in, space_url
+from tests.api.helpers import assert_pagination, parse_timestamp, roles_in, space_url
 from tests.conftest import assert_error, token_in
 
 ACCEPT = "/api/v1/invites/accept"
@@ -66,29 +66,6 @@ def statuses_by_role(client, owner, space_id):
 def assert_expires_in(entry, hours):
     expected = datetime.now(timezone.utc) + timedelta(hours=hours)
     assert abs(parse_timestamp(entry["expires_at"]) - expected) < timedelta(minutes=1), entry
-
-
-# ---------------------------------------------------------------- fixtures
-
-
-@pytest.fixture
-def alice(client):
-    return client.user("alice@example.com", "Alice")
-
-
-@pytest.fixture
-def bob(client):
-    return client.user("bob@example.com", "Bob")
-
-
-@pytest.fixture
-def carol(client):
-    return client.user("carol@example.com", "Carol")
-
-
-@pytest.fixture
-def space(client, alice):
-    return client.space(alice, "Research")
 
 
 # ---------------------------------------------------------------- creating invites

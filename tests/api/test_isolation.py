@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.api.test_spaces import space_url
+from tests.api.helpers import space_url
 from tests.conftest import assert_error
 
 PREFIX = "/api/v1"

@@ -1,90 +1,28 @@
-"""Spaces and members (API.md "Spaces and members", "Who may do what", "Conventions").
+"""Spaces and members (API.md "Spaces and members", "Who may do what", "Conventions")."""
 
-Helpers at the top are shared with test_invites.py and test_isolation.py.
-"""
-
-import json
 import uuid
-from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import func, select
 
-from spacio.extensions import db
 from spacio.invites.models import Invite
 from spacio.spaces.models import Membership
+from tests.api.helpers import (
+    SPACES,
+    assert_pagination,
+    assert_recent,
+    count_rows,
+    pagination_of,
+    parse_timestamp,
+    roles_in,
+    space_url,
+)
 from tests.conftest import assert_error
 
-SPACES = "/api/v1/spaces"
 SPACE_FIELDS = {"id", "name", "description", "owner_id", "role", "created_at", "settings", "pipeline"}
 MEMBER_FIELDS = {"user_id", "email", "name", "role", "joined_at"}
 
 
-def space_url(space_id, *rest):
-    return "/".join([SPACES, *map(str, (space_id, *rest))])
-
-
-def pagination_of(response):
-    """The X-Pagination header, decoded."""
-    assert "X-Pagination" in response.headers, dict(response.headers)
-    return json.loads(response.headers["X-Pagination"])
-
-
-def assert_pagination(response, *, total, total_pages, page, page_size):
-    header = pagination_of(response)
-    expected = {"total": total, "total_pages": total_pages, "page": page, "page_size": page_size}
-    assert {key: header.get(key) for key in expected} == expected, header
-
-
-def parse_timestamp(value):
-    """An ISO-8601 timestamp in UTC (API.md: timestamps are UTC)."""
-    parsed = datetime.fromisoformat(value)
-    assert parsed.utcoffset() == timedelta(0), value
-    return parsed
-
-
-def assert_recent(value, within=timedelta(minutes=1)):
-    assert abs(parse_timestamp(value) - datetime.now(timezone.utc)) < within, value
-
-
-def members_by_email(client, user, space_id):
-    response = client.get(space_url(space_id, "members"), headers=user.headers)
-    assert response.status_code == 200, response.json
-    return {m["email"]: m for m in response.json}
-
-
-def roles_in(client, user, space_id):
-    return {email: m["role"] for email, m in members_by_email(client, user, space_id).items()}
-
-
-def count_rows(app, model, **where):
-    with app.app_context():
-        statement = select(func.count()).select_from(model).filter_by(**where)
-        return db.session.scalar(statement)
-
-
 # ---------------------------------------------------------------- fixtures
-
-
-@pytest.fixture
-def alice(client):
-    return client.user("alice@example.com", "Alice")
-
-
-@pytest.fixture
-def bob(client):
-    return client.user("bob@example.com", "Bob")
-
-
-@pytest.fixture
-def carol(client):
-    return client.user("carol@example.com", "Carol")
-
-
-@pytest.fixture
-def space(client, alice):
-    """A space owned by Alice."""
-    return client.space(alice, "Research")
 
 
 @pytest.fixture
