@@ -1,9 +1,14 @@
 """``flask spacio ...`` commands."""
 
+from datetime import timedelta
+
 import click
 from flask.cli import AppGroup
 from sqlalchemy import select
 
+from spacio import mail
+from spacio.auth import services as auth
+from spacio.db import utcnow
 from spacio.extensions import db
 from spacio.mail import OutboxMessage
 
@@ -20,3 +25,13 @@ def outbox(to, limit):
         statement = statement.where(OutboxMessage.to == to.strip().lower())
     for message in db.session.scalars(statement):
         click.echo(f"--- {message.created_at.isoformat()} to {message.to}\nSubject: {message.subject}\n\n{message.body}")
+
+
+@spacio_cli.command("cleanup")
+@click.option("--outbox-days", default=30, show_default=True, help="Keep outbox mail this many days.")
+def cleanup(outbox_days):
+    """Delete dead sessions, spent reset links and old outbox mail (safe to run any time,
+    e.g. daily from a scheduler)."""
+    counts = auth.purge()
+    counts["outbox"] = mail.purge_outbox(utcnow() - timedelta(days=outbox_days))
+    click.echo(", ".join(f"{name}: {n} deleted" for name, n in counts.items()))

@@ -91,7 +91,8 @@ class Defaults:
     OPENAPI_SWAGGER_UI_URL = "/docs/assets/"
     OPENAPI_REDOC_PATH = "redoc"
     OPENAPI_REDOC_URL = "/static/redoc/redoc.standalone.js"
-    OPENAPI_SWAGGER_UI_CONFIG = {"persistAuthorization": True}
+    # validatorUrl None: Swagger UI would otherwise send the spec's URL to an online validator
+    OPENAPI_SWAGGER_UI_CONFIG = {"persistAuthorization": True, "validatorUrl": None}
 
 
 def load(app, config=None, overrides=None):

@@ -16,7 +16,7 @@ from email.utils import formatdate, make_msgid
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from flask import current_app
-from sqlalchemy import String, Text
+from sqlalchemy import String, Text, delete
 from sqlalchemy.orm import Mapped, mapped_column
 
 from spacio.db import created_at, uuid_pk
@@ -91,6 +91,13 @@ class SmtpMailer:
             if self.username:
                 client.login(self.username, self.password or "")
             client.send_message(message)
+
+
+def purge_outbox(older_than):
+    """Delete outbox messages created before ``older_than``; returns how many."""
+    deleted = db.session.execute(delete(OutboxMessage).where(OutboxMessage.created_at < older_than)).rowcount
+    db.session.commit()
+    return deleted
 
 
 def init_app(app):

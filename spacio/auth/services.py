@@ -5,7 +5,7 @@ from datetime import timedelta
 
 from flask import current_app
 from flask_jwt_extended import create_access_token, create_refresh_token
-from sqlalchemy import select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from spacio import mail, security
@@ -219,3 +219,18 @@ def confirm_password_reset(token, new_password):
     user.password_hash = security.hash_password(new_password)
     revoke_sessions(user, reason="password_reset")
     db.session.commit()
+
+
+def purge(now=None):
+    """Delete what can never be used again: sessions that are revoked or past their expiry
+    (their tokens already answer 401: a missing session counts as revoked) and reset links
+    that are used or expired. Returns how many rows of each went."""
+    now = now or utcnow()
+    sessions = db.session.execute(
+        delete(AuthSession).where(or_(AuthSession.revoked_at.is_not(None), AuthSession.expires_at <= now))
+    ).rowcount
+    resets = db.session.execute(
+        delete(PasswordReset).where(or_(PasswordReset.used_at.is_not(None), PasswordReset.expires_at <= now))
+    ).rowcount
+    db.session.commit()
+    return {"sessions": sessions, "password_resets": resets}

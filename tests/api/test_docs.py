@@ -83,3 +83,7 @@ def test_doc_pages_load_only_local_assets(client, page):
         assert asset_response.status_code == 200, asset
         assert len(asset_response.get_data()) > 1000, asset
     assert "/api/v1/openapi.json" in html
+
+
+def test_swagger_ui_does_not_call_the_online_validator(client):
+    assert '"validatorUrl": null' in client.get("/docs").get_data(as_text=True)
