@@ -15,7 +15,7 @@ from spacio.invites.models import Invite
 from spacio.mail import OutboxMessage
 from spacio.spaces.models import Membership
 from tests.api.helpers import assert_pagination, parse_timestamp, roles_in, space_url
-from tests.conftest import assert_error, token_in
+from tests.conftest import ApiClient, assert_error, token_in
 
 ACCEPT = "/api/v1/invites/accept"
 INVITE_FIELDS = {"id", "email", "role", "expires_at", "status"}
@@ -410,3 +410,27 @@ def test_only_the_owner_manages_invites(client, alice, bob, space, role):
     assert_error(client.delete(invites_url(space["id"], entry["id"]), headers=bob.headers), 403)
     assert mails_to(client, "eve@example.com") == 0
     assert statuses(client, alice, space["id"])["dave@example.com"] == "pending"
+
+
+# ---------------------------------------------------------------- rate limits
+
+
+def test_guessing_invite_tokens_is_rate_limited(make_app):
+    client = ApiClient(make_app(INVITE_ACCEPT_RATE_LIMIT="3 per minute").test_client())
+    mallory = client.user("mallory@example.com")
+    for _ in range(3):
+        assert_error(accept(client, mallory, "guess-" + uuid.uuid4().hex), 404, "invite_not_found")
+    response = accept(client, mallory, "guess-" + uuid.uuid4().hex)
+    assert_error(response, 429, "rate_limited")
+    assert int(response.headers["Retry-After"]) > 0
+
+
+def test_sending_invites_is_rate_limited_per_user(make_app):
+    client = ApiClient(make_app(INVITE_RATE_LIMIT="2 per hour").test_client())
+    alice, bob = client.user("alice@example.com"), client.user("bob@example.com")
+    space, other = client.space(alice), client.space(bob)
+    for n in range(2):
+        assert post_invites(client, alice, space["id"], [f"guest{n}@example.com"]).status_code == 201
+    assert_error(post_invites(client, alice, space["id"], ["guest9@example.com"]), 429, "rate_limited")
+    assert mails_to(client, "guest9@example.com") == 0
+    assert post_invites(client, bob, other["id"], ["guest9@example.com"]).status_code == 201, "per user"
