@@ -8,7 +8,7 @@ user, then times sequential requests from one client:
 - GET  /api/v1/spaces      (JWT check + session lookup + one paginated query)
 - GET  /health             (the floor: Flask + gunicorn alone)
 
-Prints a table and writes bench/results/api.json. Not a test: numbers, not asserts.
+Prints a table and writes bench/results/api-<database>.json. Not a test: numbers, not asserts.
 
     .venv/bin/python bench/api.py [--requests 2000] [--logins 50]
 """
@@ -75,7 +75,7 @@ def main():
     bin_dir = Path(sys.executable).parent
     subprocess.run([bin_dir / "flask", "--app", "wsgi", "db", "upgrade"], cwd=ROOT, env=env, check=True,
                    capture_output=True)
-    server = subprocess.Popen([bin_dir / "gunicorn", "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}",
+    server = subprocess.Popen([bin_dir / "gunicorn", "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}", "--workers", "1",
                                "wsgi:app"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 30
@@ -104,9 +104,10 @@ def main():
         server.terminate()
         server.wait(timeout=30)
 
+    backend = "postgresql" if env.get("SPACIO_SQLALCHEMY_DATABASE_URI", "").startswith("postgres") else "sqlite"
     report = {
         "benchmark": "api",
-        "database": env.get("SPACIO_SQLALCHEMY_DATABASE_URI", "sqlite (embedded default)").split("@")[-1],
+        "database": backend,
         "server": "gunicorn, 1 gevent worker",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "results": results,
@@ -114,7 +115,7 @@ def main():
     print(f"{'endpoint':<14}{'requests':>9}{'p50 ms':>9}{'p99 ms':>9}{'req/s (1 client)':>18}")
     for name, r in results.items():
         print(f"{name:<14}{r['requests']:>9}{r['p50_ms']:>9}{r['p99_ms']:>9}{r['req_per_s_one_client']:>18}")
-    out = ROOT / "bench" / "results" / "api.json"
+    out = ROOT / "bench" / "results" / f"api-{backend}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out.relative_to(ROOT)}")
