@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime, timezone
 
 from sqlalchemy import DateTime, TypeDecorator, Uuid
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import mapped_column
 
 
 def utcnow():
@@ -43,5 +43,3 @@ def created_at():
 def updated_at():
     return mapped_column(UTCDateTime, nullable=False, default=utcnow, onupdate=utcnow)
 
-
-__all__ = ["Mapped", "mapped_column", "UTCDateTime", "utcnow", "uuid_pk", "created_at", "updated_at"]
