@@ -1,7 +1,6 @@
 """Passwords (argon2id + zxcvbn strength) and opaque single-use tokens (stored as hashes)."""
 
 import hashlib
-import hmac
 import secrets
 
 from argon2 import PasswordHasher
@@ -17,26 +16,28 @@ _STRENGTH_PREFIX = 72
 
 
 def _hasher():
+    """The argon2 hasher for the configured parameters, and a hash of a random password
+    to verify against when the account does not exist (made once per parameter set)."""
     cfg = current_app.config
     params = (cfg["ARGON2_TIME_COST"], cfg["ARGON2_MEMORY_COST"], cfg["ARGON2_PARALLELISM"])
     cached = current_app.extensions.get("spacio.argon2")
     if cached is None or cached[0] != params:
-        cached = (params, PasswordHasher(time_cost=params[0], memory_cost=params[1], parallelism=params[2]))
+        hasher = PasswordHasher(time_cost=params[0], memory_cost=params[1], parallelism=params[2])
+        cached = (params, hasher, hasher.hash(secrets.token_hex(16)))
         current_app.extensions["spacio.argon2"] = cached
-    return cached[1]
+    return cached[1], cached[2]
 
 
 def hash_password(password):
-    return _hasher().hash(password)
+    return _hasher()[0].hash(password)
 
 
 def verify_password(password_hash, password):
     """True when the password matches. ``password_hash=None`` still costs one hash, so
     an unknown email takes as long to reject as a wrong password."""
-    hasher = _hasher()
+    hasher, dummy_hash = _hasher()
     if password_hash is None:
-        password_hash = current_app.extensions.setdefault("spacio.dummy_hash", hasher.hash(secrets.token_hex(16)))
-        _verify_quietly(hasher, password_hash, password)
+        _verify_quietly(hasher, dummy_hash, password)
         return False
     return _verify_quietly(hasher, password_hash, password)
 
@@ -49,7 +50,7 @@ def _verify_quietly(hasher, password_hash, password):
 
 
 def needs_rehash(password_hash):
-    return _hasher().check_needs_rehash(password_hash)
+    return _hasher()[0].check_needs_rehash(password_hash)
 
 
 def check_password_strength(password, *, field="password", user_inputs=()):
@@ -83,10 +84,6 @@ def new_token():
 def token_hash(token):
     """Tokens are random and long, so a plain SHA-256 is enough to store them safely."""
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def same(a, b):
-    return hmac.compare_digest(a, b)
 
 
 def mask(token):

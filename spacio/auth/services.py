@@ -162,8 +162,6 @@ def request_password_reset(email):
     """Mail a reset link if the account exists. The caller answers 202 either way."""
     user = user_by_email(email)
     if user is None:
-        # same work as for a real account, so timing does not reveal which emails exist
-        security.token_hash(security.new_token())
         return
     cfg = current_app.config
     token = security.new_token()

@@ -17,7 +17,7 @@ def outranks(role, other):
 
 
 def access(user, space_id, needs=READ):
-    """The space and the caller's membership, if the caller may do what ``needs`` allows.
+    """The space, with the caller's ``role`` on it, if the caller may do what ``needs`` allows.
 
     A non-member gets 404 whatever they ask (existence is not revealed); a member without
     the right gets 403.
