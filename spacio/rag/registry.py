@@ -1,0 +1,198 @@
+"""Plugin discovery and construction.
+
+Plugins are found through entry points (``spacio.parsers``, ``spacio.embedders``, ...);
+the entry-point name is the config value. Built-ins are registered the same way, in
+spacio's own packaging metadata. Only the selected plugins are imported. Everything that
+can be wrong with the selection (an unknown name, a name two distributions claim, a
+plugin that does not import, invalid options) stops the app at start with a message that
+names the plugin.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from dataclasses import dataclass
+from typing import Any
+
+import marshmallow as ma
+
+from spacio.rag import contracts
+
+PROTOCOLS = {
+    "parser": contracts.Parser,
+    "chunker": contracts.Chunker,
+    "embedder": contracts.Embedder,
+    "vector_store": contracts.VectorStore,
+    "generator": contracts.Generator,
+    "reranker": contracts.Reranker,
+}
+# the config key selecting each kind (PARSERS is a list; the others one name, or None)
+SELECTION_KEYS = {
+    "parser": "PARSERS",
+    "chunker": "CHUNKER",
+    "embedder": "EMBEDDER",
+    "vector_store": "VECTOR_STORE",
+    "generator": "GENERATOR",
+    "reranker": "RERANKER",
+}
+HOST_OPTIONS = ("database_url", "instance_path")
+
+
+class PluginConfigError(RuntimeError):
+    """The plugin selection or options cannot work; raised while the app starts."""
+
+
+@dataclass(frozen=True)
+class Installed:
+    kind: str
+    name: str
+    distribution: str
+    version: str
+    target: str  # "module:attribute"
+    entry_point: Any
+
+    def describe(self, selected):
+        return {"kind": self.kind, "name": self.name, "distribution": self.distribution,
+                "version": self.version, "selected": selected}
+
+
+def label(kind):
+    return kind.replace("_", " ")
+
+
+def installed(kind) -> dict[str, Installed]:
+    """The installed plugins of one kind by name; a name claimed twice is an error."""
+    found: dict[str, Installed] = {}
+    for ep in importlib.metadata.entry_points(group=contracts.KINDS[kind]):
+        dist = ep.dist
+        item = Installed(kind, ep.name, dist.name if dist else "?", dist.version if dist else "?", ep.value, ep)
+        other = found.get(ep.name)
+        if other is not None and (other.distribution, other.target) != (item.distribution, item.target):
+            raise PluginConfigError(
+                f"The {label(kind)} name {ep.name!r} is claimed by two distributions: "
+                f"{other.distribution} {other.version} ({other.target}) and {item.distribution} {item.version} "
+                f"({item.target}). Uninstall one of them."
+            )
+        found[ep.name] = item
+    return found
+
+
+def selected_names(kind, config) -> list[str]:
+    value = config.get(SELECTION_KEYS[kind])
+    if kind == "parser":
+        if value in (None, "", "*", ["*"]):
+            return sorted(installed("parser"))
+        if isinstance(value, str):
+            value = value.split(",")
+        return [v.strip() for v in value if v.strip()]
+    return [value.strip()] if isinstance(value, str) and value.strip() else []
+
+
+def plugin_options(kind, name, config) -> dict:
+    """User options from ``PLUGINS[<KIND>][<NAME>]`` (SPACIO_PLUGINS__EMBEDDER__COHERE__MODEL),
+    keys lower-cased; a plain dict in config works too."""
+    plugins = {str(k).lower(): v for k, v in (config.get("PLUGINS") or {}).items()}
+    per_kind = {str(k).lower(): v for k, v in (plugins.get(kind) or {}).items()}
+    options = per_kind.get(name.lower()) or {}
+    if not isinstance(options, dict):
+        raise PluginConfigError(f"Options of {label(kind)} {name!r} must be a mapping, not {options!r}.")
+    return {str(k).lower(): v for k, v in options.items()}
+
+
+def build(kind, name, config, host_options=None):
+    """Import, validate and construct one plugin."""
+    plugins = installed(kind)
+    item = plugins.get(name)
+    if item is None:
+        known = ", ".join(sorted(plugins)) or "none"
+        raise PluginConfigError(
+            f"The {label(kind)} {name!r} is not installed (installed: {known}). "
+            f"Set SPACIO_{SELECTION_KEYS[kind]} to an installed one, or pip install the plugin that provides it."
+        )
+    where = f"{label(kind)} {name!r} ({item.distribution} {item.version})"
+    try:
+        factory = item.entry_point.load()
+    except Exception as exc:  # an import error of a third-party package, reported with its name
+        raise PluginConfigError(f"The {where} failed to import: {exc.__class__.__name__}: {exc}") from exc
+
+    options = plugin_options(kind, name, config)
+    schema_class = getattr(factory, "options_schema", None)
+    if schema_class is not None:
+        schema = schema_class() if isinstance(schema_class, type) else schema_class
+        for key in HOST_OPTIONS:
+            if key in schema.fields and key not in options and (host_options or {}).get(key) is not None:
+                options[key] = host_options[key]
+        try:
+            options = schema.load(options)
+        except ma.ValidationError as exc:
+            env = f"SPACIO_PLUGINS__{kind.upper()}__{name.upper()}__<OPTION>"
+            raise PluginConfigError(f"Invalid options for the {where}: {exc.messages} (set them as {env}).") from exc
+    elif options:
+        raise PluginConfigError(f"The {where} takes no options, but got {sorted(options)}.")
+
+    try:
+        plugin = factory(**options)
+    except (TypeError, ValueError, ma.ValidationError, contracts.PluginError) as exc:
+        raise PluginConfigError(f"The {where} could not be configured: {exc}") from exc
+    if not isinstance(plugin, PROTOCOLS[kind]):
+        raise PluginConfigError(f"The {where} does not implement the {label(kind)} contract "
+                                f"(spacio.rag.contracts.{PROTOCOLS[kind].__name__}).")
+    return plugin
+
+
+class Registry:
+    """The plugins one app uses, built once at start."""
+
+    def __init__(self, config, host_options=None):
+        self.config = config
+        self.parsers: dict[str, Any] = {}  # media type -> parser
+        self.selection = {kind: selected_names(kind, config) for kind in PROTOCOLS}
+        for name in self.selection["parser"]:
+            parser = build("parser", name, config, host_options)
+            for media_type in parser.media_types:
+                self.parsers.setdefault(media_type, parser)
+        self.chunker = self._one("chunker", host_options, required=True)
+        self.embedder = self._one("embedder", host_options, required=True)
+        self.vector_store = self._one("vector_store", host_options, required=True)
+        self.generator = self._one("generator", host_options)
+        self.reranker = self._one("reranker", host_options)
+
+    def _one(self, kind, host_options, required=False):
+        names = self.selection[kind]
+        if not names:
+            if required:
+                raise PluginConfigError(f"No {label(kind)} is selected: set SPACIO_{SELECTION_KEYS[kind]}.")
+            return None
+        return build(kind, names[0], self.config, host_options)
+
+    def pipeline(self):
+        """What a new space records: the plugins its vectors depend on."""
+        return {
+            "chunker": {"name": self.selection["chunker"][0]},
+            "embedder": {"name": self.selection["embedder"][0], "model": self.embedder.model,
+                         "dimensions": int(self.embedder.dimensions)},
+            "vector_store": {"name": self.selection["vector_store"][0]},
+        }
+
+    def mismatch(self, recorded):
+        """Why a space recorded with ``recorded`` cannot use the current plugins, or None."""
+        current = self.pipeline()
+        for part in ("embedder", "vector_store", "chunker"):
+            have, want = recorded.get(part) or {}, current[part]
+            if any(have.get(key) != value for key, value in want.items()):
+                return (f"This space was created with the {label(part)} {_show(have)}, but the server now uses "
+                        f"{_show(want)}. Reindex the space to move it to the new one.")
+        return None
+
+    def catalogue(self):
+        """Every installed plugin per kind, with version and whether it is selected."""
+        result = {}
+        for kind in PROTOCOLS:
+            chosen = set(self.selection[kind])
+            result[kind] = [item.describe(name in chosen) for name, item in sorted(installed(kind).items())]
+        return result
+
+
+def _show(part):
+    details = ", ".join(f"{k} {v}" for k, v in part.items() if k != "name")
+    return f"{part.get('name')!r}" + (f" ({details})" if details else "")
