@@ -24,3 +24,11 @@ errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
 # only trust X-Forwarded-* from the platform's router (see SPACIO_PROXY_FIX_X_FOR)
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+
+def post_worker_init(worker):
+    """The embedded default (no Redis) ingests inside the web process: start its worker
+    threads with the app, re-enqueueing what a previous process left unfinished."""
+    from spacio.jobs import jobs
+
+    jobs(worker.wsgi).start_inprocess_worker()

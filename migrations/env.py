@@ -68,6 +68,12 @@ def run_migrations_offline():
         context.run_migrations()
 
 
+def include_name(name, type_, parent_names):
+    """Vector-store plugins keep their own tables (``vs_*``) next to ours: autogenerate
+    must not offer to drop them."""
+    return not (type_ == "table" and name.startswith("vs_"))
+
+
 def run_migrations_online():
     """Run migrations in 'online' mode.
 
@@ -96,6 +102,7 @@ def run_migrations_online():
         context.configure(
             connection=connection,
             target_metadata=get_metadata(),
+            include_name=include_name,
             **conf_args
         )
 

@@ -9,7 +9,8 @@ from sqlalchemy import event
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from spacio import config as config_module
-from spacio import errors, mail
+from spacio import errors, jobs, mail, rag
+from spacio.documents.uploads import UploadRequest
 from spacio.extensions import api, cors, db, jwt, limiter, migrate
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -17,12 +18,14 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 def create_app(config=None, **overrides):
     """Build an app. ``config`` (a dict or object) and ``overrides`` win over the
-    defaults and the ``SPACIO_*`` environment. Connects to nothing."""
+    defaults and the ``SPACIO_*`` environment. Connects to nothing; the selected plugins
+    are imported and validated (``spacio.rag.PluginConfigError`` if they cannot work)."""
     app = Flask("spacio", instance_path=overrides.pop("INSTANCE_PATH", None) or _env_instance_path())
     config_module.load(app, config, overrides)
     if app.config["PROXY_FIX_X_FOR"]:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=app.config["PROXY_FIX_X_FOR"], x_proto=1)
 
+    app.request_class = UploadRequest  # per-file upload limit while the body streams in
     _init_database(app)
     _init_tokens(app)
     limiter.init_app(app)
@@ -36,17 +39,21 @@ def create_app(config=None, **overrides):
         max_age=600,
     )
     mail.init_app(app)
+    rag.init_app(app)  # builds the selected plugins; a bad selection stops here
+    jobs.init_app(app)
     api.init_app(app)
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
     app.register_error_handler(errors.SpacioError, errors.handle_spacio_error)
     _init_request_hooks(app)
 
     from spacio.auth.routes import blp as auth_blp
+    from spacio.documents.routes import blp as documents_blp
     from spacio.invites.routes import blp as invites_blp
     from spacio.ops import blp as ops_blp
+    from spacio.rag.routes import blp as plugins_blp
     from spacio.spaces.routes import blp as spaces_blp
 
-    for blp in (auth_blp, spaces_blp, invites_blp):
+    for blp in (auth_blp, spaces_blp, invites_blp, documents_blp, plugins_blp):
         api.register_blueprint(blp)
     app.register_blueprint(ops_blp)
 

@@ -3,8 +3,9 @@
 from datetime import timedelta
 
 import click
+from flask import current_app
 from flask.cli import AppGroup
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from spacio import mail
 from spacio.auth import services as auth
@@ -35,3 +36,88 @@ def cleanup(outbox_days):
     counts = auth.purge()
     counts["outbox"] = mail.purge_outbox(utcnow() - timedelta(days=outbox_days))
     click.echo(", ".join(f"{name}: {n} deleted" for name, n in counts.items()))
+
+
+@spacio_cli.command("plugins")
+def plugins():
+    """List installed plugins per kind; * marks the ones this configuration uses."""
+    from spacio.rag import registry
+
+    for kind, items in registry().catalogue().items():
+        click.echo(f"{kind}:")
+        for item in items or [{"name": "(none installed)", "distribution": "", "version": "", "selected": False}]:
+            mark = "*" if item["selected"] else " "
+            click.echo(f"  {mark} {item['name']:<12} {item['distribution']} {item['version']}".rstrip())
+
+
+@spacio_cli.command("ingest")
+@click.argument("space_id", type=click.UUID)
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=True, readable=True))
+@click.option("--as", "as_email", help="Upload as this member (an editor or owner); default: the space's owner.")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until every document is ingested.")
+def ingest(space_id, paths, as_email, wait):
+    """Upload files and folders (recursively) into a space, then show ingestion progress.
+
+    With Redis configured, running `dramatiq tasks` workers do the work; otherwise this
+    command's own in-process worker does."""
+    import os
+    import time
+
+    from werkzeug.datastructures import FileStorage
+
+    from spacio.auth.models import User
+    from spacio.documents import services as documents
+    from spacio.documents.models import UNFINISHED, Document
+    from spacio.errors import SpacioError
+    from spacio.spaces.models import Space
+
+    space = db.session.get(Space, space_id)
+    if space is None:
+        raise click.ClickException(f"No space {space_id}.")
+    user = (db.session.scalar(select(User).where(User.email == as_email.strip().lower())) if as_email
+            else db.session.get(User, space.owner_id))
+    if user is None:
+        raise click.ClickException(f"No user {as_email}.")
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            for root, dirs, names in os.walk(path):
+                dirs.sort()
+                files += [os.path.join(root, n) for n in sorted(names) if not n.startswith(".")]
+        else:
+            files.append(path)
+    per_request = int(current_app.config["UPLOAD_MAX_FILES"])
+    ids, queued = [], 0
+    with click.progressbar(length=len(files), label="Uploading") as bar:
+        for start in range(0, len(files), per_request):
+            group = files[start:start + per_request]
+            handles = [open(f, "rb") for f in group]
+            try:
+                storages = [FileStorage(stream=h, filename=os.path.basename(f)) for h, f in zip(handles, group)]
+                docs, count = documents.add_documents(user, space.id, storages)
+            except SpacioError as exc:
+                raise click.ClickException(exc.message or exc.reason) from exc
+            finally:
+                for h in handles:
+                    h.close()
+            ids += [d.id for d in docs]
+            queued += count
+            bar.update(len(group))
+    click.echo(f"{len(ids)} files, {queued} queued for ingestion, {len(ids) - queued} already there or rejected.")
+    if not wait:
+        return
+    unique = list(dict.fromkeys(ids))
+    with click.progressbar(length=len(unique), label="Ingesting") as bar:
+        done = 0
+        while done < len(unique):
+            db.session.rollback()
+            pending = db.session.scalar(select(func.count()).select_from(Document).where(
+                Document.id.in_(unique), Document.status.in_(UNFINISHED)))
+            bar.update(len(unique) - pending - done)
+            done = len(unique) - pending
+            if pending:
+                time.sleep(0.5)
+    rows = db.session.execute(select(Document.status, Document.error_reason, func.count())
+                              .where(Document.id.in_(unique)).group_by(Document.status, Document.error_reason))
+    for status, reason, n in sorted(rows, key=lambda r: (r[0], r[1] or "")):
+        click.echo(f"  {status}{' (' + reason + ')' if reason else ''}: {n}")

@@ -66,10 +66,31 @@ class Defaults:
     MAX_CONTENT_LENGTH = 100 * MIB
     JSON_MAX_BYTES = 1 * MIB
 
-    # plugins recorded on a space at creation (the plugin host resolves them)
+    # plugins: entry-point names (spacio.rag.registry); options per plugin as
+    # SPACIO_PLUGINS__<KIND>__<NAME>__<OPTION>. PARSERS None = every installed parser.
+    PARSERS = None
     CHUNKER = "recursive"
     EMBEDDER = "local"
-    VECTOR_STORE = "local"
+    VECTOR_STORE = None  # default: local on SQLite, pgvector on PostgreSQL
+    GENERATOR = None
+    RERANKER = None
+
+    # documents and ingestion
+    UPLOAD_MAX_FILE_BYTES = 25 * MIB  # per file, enforced while the upload streams in
+    UPLOAD_MAX_FILES = 20  # files per request
+    MAX_PAGES = 500  # longer documents fail with too_many_pages
+    CHUNK_SIZE = 256  # tokens of the embedder's tokenizer; a space's settings may override
+    CHUNK_OVERLAP = 32
+    EMBED_BATCH_SIZE = 64  # texts per call to the embedder (capped by its max_batch_size)
+    INGEST_MAX_RETRIES = 4  # transient failures (a service down) are retried with backoff
+    INGEST_MIN_BACKOFF_MS = 2_000
+    INGEST_MAX_BACKOFF_MS = 120_000
+    INGEST_TIME_LIMIT_MS = 30 * 60_000
+    INGEST_INPROCESS_THREADS = 1  # embedded default: ingestion threads inside the web process
+    # Redis broker: a killed worker's messages come back after the heartbeat timeout once a
+    # maintenance pass runs; Dramatiq's defaults (60 s, 0.1 % per fetch) take minutes
+    BROKER_HEARTBEAT_TIMEOUT_MS = 10_000
+    BROKER_MAINTENANCE_CHANCE = 200_000  # out of 1,000,000 fetches
 
     # OpenAPI: spec at /api/v1/openapi.json, Swagger UI at /docs, ReDoc at /redoc, all local
     API_TITLE = "Spacio"
@@ -129,6 +150,8 @@ def _derive(app):
     if len(cfg["JWT_SECRET_KEY"]) < 32:
         raise RuntimeError("SPACIO_JWT_SECRET_KEY must be at least 32 characters long.")
     cfg["CORS_ORIGINS"] = cors_origins(cfg)
+    if not cfg["VECTOR_STORE"]:
+        cfg["VECTOR_STORE"] = "local" if is_embedded(app) else "pgvector"
     cfg["RATELIMIT_STORAGE_URI"] = cfg.get("RATELIMIT_STORAGE_URI") or cfg["REDIS_URL"] or "memory://"
     cfg["FRONTEND_URL"] = cfg["FRONTEND_URL"].rstrip("/")
 

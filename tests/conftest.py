@@ -20,6 +20,9 @@ from spacio.extensions import db, limiter
 # behaviour, not KDF cost, is under test here (tests/unit checks the production parameters)
 FAST_HASHING = {"ARGON2_TIME_COST": 1, "ARGON2_MEMORY_COST": 1024, "ARGON2_PARALLELISM": 1}
 TEST_SECRET = "test-secret-" + "x" * 40
+# the API tests are about the HTTP contract: a fast deterministic embedder; the vector store
+# is the embedded default's on SQLite and pgvector on PostgreSQL (see make_app)
+FAST_PIPELINE = {"EMBEDDER": "hashing"}
 STRONG_PASSWORD = "lavender-Orbit-73-quietly"
 
 
@@ -78,12 +81,16 @@ def make_app(database, instance_path):
         # next; a process in production has one app, the tests build many.
         limiter._storage_dead = False
         config = {"TESTING": True, "SQLALCHEMY_DATABASE_URI": database, "JWT_SECRET_KEY": TEST_SECRET,
-                  **FAST_HASHING, **overrides}
+                  **FAST_HASHING, **FAST_PIPELINE, **overrides}
         app = create_app(config, INSTANCE_PATH=instance_path)
         apps.append(app)
         return app
 
     yield make
+    from spacio.jobs import jobs
+
+    for app in apps:
+        jobs(app).stop()
     if apps:
         with apps[0].app_context():
             empty_tables()
@@ -170,6 +177,42 @@ class ApiClient:
         token = self.invite(owner, space_id, user.email, role)
         response = self.http.post("/api/v1/invites/accept", json={"token": token}, headers=user.headers)
         assert response.status_code == 200, response.json
+
+    def upload(self, user, space_id, *files):
+        """POST files (``(bytes, filename)`` pairs) to a space; returns the response."""
+        import io
+
+        return self.http.post(f"/api/v1/spaces/{space_id}/documents", headers=user.headers,
+                              data={"files": [(io.BytesIO(data), name) for data, name in files]})
+
+    def ingested(self):
+        """Wait until the in-process worker has finished every queued document."""
+        from spacio.jobs import jobs
+
+        jobs(self.app).join()
+
+    def document(self, user, space_id, data, filename, ready=True):
+        """Upload one file and wait for its ingestion; returns the document as GET shows it."""
+        response = self.upload(user, space_id, (data, filename))
+        assert response.status_code == 202, response.json
+        document = response.json["documents"][0]
+        self.ingested()
+        document = self.http.get(f"/api/v1/spaces/{space_id}/documents/{document['id']}", headers=user.headers).json
+        if ready:
+            assert document["status"] == "ready", document
+        return document
+
+    def chunks(self, user, space_id, document_id):
+        """The chunk ids of a ready document, in order (read from the database)."""
+        import uuid
+
+        from sqlalchemy import select
+
+        from spacio.documents.models import Chunk
+
+        with self.app.app_context():
+            return [str(i) for i in db.session.scalars(
+                select(Chunk.id).where(Chunk.document_id == uuid.UUID(document_id)).order_by(Chunk.ordinal))]
 
 
 class User:

@@ -1,11 +1,11 @@
 """Spaces, members and the rules of who may do what (API.md)."""
 
-from flask import current_app
 from sqlalchemy import select
 
 from spacio.db import utcnow
 from spacio.errors import Conflict, Forbidden, Invalid, NotFound
 from spacio.extensions import db
+from spacio.rag import pipeline
 from spacio.spaces.models import ROLES, Membership, Space
 
 # the least role an action needs
@@ -69,12 +69,8 @@ def _merge_settings(current, changes):
 def create(user, name, description, settings):
     settings = _merge_settings({}, settings)
     _check_settings(settings)
-    cfg = current_app.config
-    space = Space(
-        name=name, description=description, owner_id=user.id, settings=settings,
-        pipeline={kind: {"name": cfg[key]} for kind, key in
-                  (("chunker", "CHUNKER"), ("embedder", "EMBEDDER"), ("vector_store", "VECTOR_STORE"))},
-    )
+    space = Space(name=name, description=description, owner_id=user.id, settings=settings,
+                  pipeline=pipeline.describe_new_space())
     space.memberships.append(Membership(user_id=user.id, role="owner"))
     db.session.add(space)
     db.session.commit()
@@ -95,8 +91,9 @@ def update(user, space_id, changes):
 
 
 def delete(user, space_id):
-    """Delete the space and everything in it (members, invites, and what later features add)."""
+    """Delete the space and everything in it: members, invites, documents, files, chunks, vectors."""
     space = access(user, space_id, MANAGE)
+    pipeline.forget_space(space.id)  # vectors first: if the store is down, nothing is lost
     db.session.delete(space)
     db.session.commit()
 

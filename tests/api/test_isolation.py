@@ -9,6 +9,7 @@ another object (a document, a conversation, ...) creates it in `scene` and adds 
 `scene.ids`. test_every_space_route_is_in_the_table fails until a new route has its row.
 """
 
+import io
 import re
 import uuid
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ class Endpoint:
     role: str  # the least role that may call it
     body: dict | None = None  # JSON body (placeholders allowed in string values)
     ok: int | None = None  # the status a member with `role` gets; None = anything but 401/403/404
+    upload: bool = False  # send a multipart file instead of a JSON body
 
     def __str__(self):
         return f"{self.method} {self.path}"
@@ -45,6 +47,14 @@ ENDPOINTS = [
     Endpoint("POST", "/spaces/{space_id}/invites", "owner", {"emails": ["new@example.com"]}, ok=201),
     Endpoint("GET", "/spaces/{space_id}/invites", "owner", ok=200),
     Endpoint("DELETE", "/spaces/{space_id}/invites/{invite_id}", "owner", ok=204),
+    Endpoint("GET", "/spaces/{space_id}/documents", "viewer", ok=200),
+    Endpoint("POST", "/spaces/{space_id}/documents", "editor", upload=True, ok=202),
+    Endpoint("GET", "/spaces/{space_id}/documents/{document_id}", "viewer", ok=200),
+    Endpoint("DELETE", "/spaces/{space_id}/documents/{document_id}", "editor", ok=204),
+    Endpoint("GET", "/spaces/{space_id}/documents/{document_id}/file", "viewer", ok=200),
+    Endpoint("POST", "/spaces/{space_id}/documents/{document_id}/reindex", "editor", ok=202),
+    Endpoint("POST", "/spaces/{space_id}/reindex", "editor", ok=202),
+    Endpoint("GET", "/spaces/{space_id}/chunks/{chunk_id}", "viewer", ok=200),
 ]
 
 
@@ -88,10 +98,16 @@ def scene(client):
                            json={"emails": ["pending@example.com"]})
     assert response.status_code == 201, response.json
     ids = {"space_id": space_id, "user_id": target.id, "invite_id": response.json[0]["id"]}
+    document = client.document(owner, space_id, b"Isolation is tested on every endpoint.", "note.txt")
+    chunk_id = client.chunks(owner, space_id, document["id"])[0]
+    ids.update(document_id=document["id"], chunk_id=chunk_id)
     return Scene(owner, members, outsider, ids)
 
 
 def call(client, endpoint, user, ids):
+    if endpoint.upload:
+        return client.open(PREFIX + fill(endpoint.path, ids), method=endpoint.method, headers=user.headers,
+                           data={"files": (io.BytesIO(f"Uploaded by {user.email}.".encode()), "new.txt")})
     return client.open(PREFIX + fill(endpoint.path, ids), method=endpoint.method,
                        json=fill(endpoint.body, ids), headers=user.headers)
 
@@ -100,7 +116,7 @@ def observable_state(client, scene):
     """What the owner can see of the space: unchanged by every refused call."""
     space_id = scene.ids["space_id"]
     return [client.get(space_url(space_id, *rest), headers=scene.owner.headers).get_json()
-            for rest in ((), ("members",), ("invites",))]
+            for rest in ((), ("members",), ("invites",), ("documents",))]
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS, ids=str)

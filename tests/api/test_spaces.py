@@ -4,6 +4,8 @@ import uuid
 
 import pytest
 
+from spacio.rag import registry
+
 from spacio.invites.models import Invite
 from spacio.spaces.models import Membership
 from tests.api.helpers import (
@@ -54,7 +56,10 @@ def test_create_returns_the_space_with_the_callers_role(client, alice):
     assert body["settings"] == {"system_prompt": "Answer briefly.", "temperature": 0.2, "top_k": 8,
                                 "chunk_size": 512, "chunk_overlap": 64}
     config = client.app.config
-    assert body["pipeline"] == {"chunker": {"name": config["CHUNKER"]}, "embedder": {"name": config["EMBEDDER"]},
+    embedder = registry(client.app).embedder
+    assert body["pipeline"] == {"chunker": {"name": config["CHUNKER"]},
+                                "embedder": {"name": config["EMBEDDER"], "model": embedder.model,
+                                             "dimensions": embedder.dimensions},
                                 "vector_store": {"name": config["VECTOR_STORE"]}}
 
 

@@ -1,0 +1,81 @@
+import uuid
+
+from sqlalchemy import (CheckConstraint, Float, ForeignKey, Index, Integer, LargeBinary, String, Text,
+                        UniqueConstraint, Uuid)
+from sqlalchemy.orm import Mapped, deferred, mapped_column, relationship
+
+from spacio.db import created_at, updated_at, uuid_pk
+from spacio.extensions import db
+
+STATUSES = ("queued", "parsing", "embedding", "ready", "failed")
+UNFINISHED = ("queued", "parsing", "embedding")
+
+
+class Document(db.Model):
+    """An uploaded file and where its ingestion stands."""
+
+    __tablename__ = "documents"
+    __table_args__ = (
+        UniqueConstraint("space_id", "sha256"),  # the same bytes once per space
+        CheckConstraint("status IN ('queued', 'parsing', 'embedding', 'ready', 'failed')", name="status"),
+        Index("ix_documents_space_id_status", "space_id", "status"),
+    )
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    space_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("spaces.id", ondelete="CASCADE"), nullable=False)
+    uploaded_by: Mapped[uuid.UUID | None] = mapped_column(Uuid, ForeignKey("users.id", ondelete="SET NULL"),
+                                                          index=True)
+    filename: Mapped[str] = mapped_column(String(255), nullable=False)
+    media_type: Mapped[str | None] = mapped_column(String(127))  # sniffed from the content
+    size_bytes: Mapped[int] = mapped_column(Integer, nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="queued")
+    error_reason: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    progress: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
+    pages: Mapped[int | None] = mapped_column(Integer)
+    chunks: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    tokens: Mapped[int] = mapped_column(Integer, nullable=False, default=0)  # embedded, for usage
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    created_at = created_at()
+    updated_at = updated_at()
+
+    file = relationship("DocumentFile", uselist=False, cascade="all, delete-orphan", passive_deletes=True,
+                        lazy="select")
+
+    @property
+    def error(self):
+        if self.status != "failed":
+            return None
+        return {"reason": self.error_reason, "message": self.error_message}
+
+
+class DocumentFile(db.Model):
+    """The original bytes. Kept in the database so web and worker processes on different
+    machines (a PaaS) see the same file, and so a document and its bytes commit together."""
+
+    __tablename__ = "document_files"
+
+    document_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("documents.id", ondelete="CASCADE"), primary_key=True)
+    data: Mapped[bytes] = deferred(mapped_column(LargeBinary, nullable=False))
+
+
+class Chunk(db.Model):
+    """A passage of a ready document: what citations point at. Its id is also the id of
+    its vector in the space's vector store."""
+
+    __tablename__ = "chunks"
+    __table_args__ = (UniqueConstraint("document_id", "ordinal"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    space_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("spaces.id", ondelete="CASCADE"), nullable=False,
+                                                index=True)
+    document_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("documents.id", ondelete="CASCADE"),
+                                                   nullable=False)
+    ordinal: Mapped[int] = mapped_column(Integer, nullable=False)
+    page: Mapped[int | None] = mapped_column(Integer)
+    page_end: Mapped[int | None] = mapped_column(Integer)
+    heading: Mapped[str | None] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(Text, nullable=False)
+    tokens: Mapped[int] = mapped_column(Integer, nullable=False)

@@ -1,0 +1,113 @@
+from urllib.parse import quote
+
+from flask import Response, request
+from flask.views import MethodView
+from flask_jwt_extended import current_user
+
+from spacio.documents import schemas, services
+from spacio.errors import SpacioError, UnsupportedMediaType
+from spacio.extensions import db
+from spacio.http import Blueprint, paginate
+
+blp = Blueprint("documents", __name__, url_prefix="/api/v1/spaces",
+                description="Documents: upload, ingestion status, original files, chunks")
+
+
+class PayloadTooLarge(SpacioError):
+    code = 413
+    reason = "file_too_large"
+
+
+@blp.route("/<uuid:space_id>/documents")
+class Documents(MethodView):
+    @blp.login_required
+    @blp.arguments(schemas.DocumentQuerySchema, location="query")
+    @blp.response(200, schemas.DocumentSchema(many=True))
+    @blp.paginate()
+    @blp.errors(404)
+    def get(self, query, space_id, pagination_parameters):
+        """List the space's documents, newest first; filter with ?status="""
+        return paginate(services.documents_of(current_user, space_id, query.get("status")),
+                        pagination_parameters, db.session)
+
+    @blp.login_required
+    @blp.arguments(schemas.UploadSchema, location="files")
+    @blp.response(202, schemas.UploadResultSchema)
+    @blp.errors(403, 404, 413, 415)
+    def post(self, data, space_id):
+        """Upload files (multipart field `files`, editor); ingestion runs in the background
+
+        One entry per file, in order. Unsupported or oversized files get a `failed` entry;
+        the request answers 415/413 only when every file is rejected."""
+        if request.mimetype != "multipart/form-data":
+            raise UnsupportedMediaType("Upload files as multipart/form-data in the field 'files'.")
+        documents, count = services.add_documents(current_user, space_id, data.get("files") or [])
+        rejected = services.all_rejected(documents)
+        if rejected:
+            details = {"files": [{"filename": d.filename, "document_id": str(d.id), **d.error} for d in documents]}
+            error = PayloadTooLarge if rejected == "file_too_large" else UnsupportedMediaType
+            raise error(documents[0].error_message if len(documents) == 1 else "No file of this upload was accepted.",
+                        reason=rejected, errors=details)
+        return {"documents": documents, "ingestion": {"count": count}}
+
+
+@blp.route("/<uuid:space_id>/documents/<uuid:document_id>")
+class DocumentById(MethodView):
+    @blp.login_required
+    @blp.response(200, schemas.DocumentSchema)
+    @blp.errors(404)
+    def get(self, space_id, document_id):
+        """Get a document and its ingestion status"""
+        return services.get(current_user, space_id, document_id)
+
+    @blp.login_required
+    @blp.response(204)
+    @blp.errors(403, 404, 503)
+    def delete(self, space_id, document_id):
+        """Delete a document, its file, chunks and vectors (editor)"""
+        services.delete(current_user, space_id, document_id)
+
+
+@blp.route("/<uuid:space_id>/documents/<uuid:document_id>/file")
+@blp.login_required
+@blp.response(200, {"format": "binary", "type": "string"}, content_type="application/octet-stream",
+              description="the original bytes, with their media type")
+@blp.errors(404)
+def document_file(space_id, document_id):
+    """Download the original file"""
+    doc, data = services.original(current_user, space_id, document_id)
+    ascii_name = doc.filename.encode("ascii", "replace").decode().replace('"', "'").replace("?", "_")
+    headers = {
+        "Content-Type": doc.media_type or "application/octet-stream",
+        "Content-Disposition": f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(doc.filename)}",
+        "X-Content-Type-Options": "nosniff",
+        "Cache-Control": "private, no-store",
+    }
+    return Response(data, 200, headers)
+
+
+@blp.route("/<uuid:space_id>/documents/<uuid:document_id>/reindex", methods=["POST"])
+@blp.login_required
+@blp.response(202, schemas.DocumentSchema)
+@blp.errors(403, 404, 409)
+def reindex_document(space_id, document_id):
+    """Parse, chunk and embed a document again (editor)"""
+    return services.reindex(current_user, space_id, document_id)
+
+
+@blp.route("/<uuid:space_id>/reindex", methods=["POST"])
+@blp.login_required
+@blp.response(202, schemas.ReindexResultSchema)
+@blp.errors(403, 404, 503)
+def reindex_space(space_id):
+    """Move the space to the server's current plugins and ingest every document again (editor)"""
+    return {"documents": services.reindex_space(current_user, space_id)}
+
+
+@blp.route("/<uuid:space_id>/chunks/<uuid:chunk_id>")
+@blp.login_required
+@blp.response(200, schemas.ChunkSchema)
+@blp.errors(404)
+def get_chunk(space_id, chunk_id):
+    """Get a chunk: the passage a citation points at"""
+    return services.chunk(current_user, space_id, chunk_id)

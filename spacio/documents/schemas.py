@@ -1,0 +1,60 @@
+import marshmallow as ma
+from flask_smorest.fields import Upload
+
+from spacio.documents.models import STATUSES
+from spacio.schemas import Timestamp
+
+
+class ErrorInfoSchema(ma.Schema):
+    reason = ma.fields.String(metadata={"description": "stable snake_case cause, e.g. encrypted, too_many_pages"})
+    message = ma.fields.String()
+
+
+class DocumentSchema(ma.Schema):
+    id = ma.fields.UUID(dump_only=True)
+    filename = ma.fields.String(dump_only=True)
+    media_type = ma.fields.String(dump_only=True, allow_none=True,
+                                  metadata={"description": "sniffed from the content; null when unsupported"})
+    size_bytes = ma.fields.Integer(dump_only=True)
+    sha256 = ma.fields.String(dump_only=True)
+    status = ma.fields.String(dump_only=True, metadata={"enum": list(STATUSES)})
+    error = ma.fields.Nested(ErrorInfoSchema, dump_only=True, allow_none=True)
+    progress = ma.fields.Float(dump_only=True, metadata={"description": "0..1 while parsing and embedding"})
+    pages = ma.fields.Integer(dump_only=True, allow_none=True,
+                              metadata={"description": "null for formats without pages"})
+    chunks = ma.fields.Integer(dump_only=True)
+    uploaded_by = ma.fields.UUID(dump_only=True, allow_none=True)
+    created_at = Timestamp()
+    updated_at = Timestamp()
+
+
+class IngestionSchema(ma.Schema):
+    count = ma.fields.Integer(metadata={"description": "documents queued for ingestion by this request"})
+
+
+class UploadResultSchema(ma.Schema):
+    documents = ma.fields.List(ma.fields.Nested(DocumentSchema))
+    ingestion = ma.fields.Nested(IngestionSchema)
+
+
+class UploadSchema(ma.Schema):
+    files = ma.fields.List(Upload(), metadata={"description": "one or more files (at most 20, 25 MB each)"})
+
+
+class DocumentQuerySchema(ma.Schema):
+    status = ma.fields.String(validate=ma.validate.OneOf(STATUSES))
+
+
+class ChunkSchema(ma.Schema):
+    id = ma.fields.UUID(dump_only=True)
+    document_id = ma.fields.UUID(dump_only=True)
+    ordinal = ma.fields.Integer(dump_only=True)
+    page = ma.fields.Integer(dump_only=True, allow_none=True)
+    page_end = ma.fields.Integer(dump_only=True, allow_none=True)
+    heading = ma.fields.String(dump_only=True, allow_none=True)
+    text = ma.fields.String(dump_only=True)
+    tokens = ma.fields.Integer(dump_only=True)
+
+
+class ReindexResultSchema(ma.Schema):
+    documents = ma.fields.Integer(metadata={"description": "documents queued for ingestion"})

@@ -1,0 +1,180 @@
+"""Documents: upload (sniff, dedup, store, enqueue), list, read, delete, reindex."""
+
+import uuid
+
+from flask import current_app
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from spacio.db import utcnow
+from spacio.documents.models import UNFINISHED, Chunk, Document, DocumentFile
+from spacio.documents.uploads import read_upload, safe_filename
+from spacio.errors import Conflict, Invalid, NotFound
+from spacio.extensions import db
+from spacio.jobs import jobs
+from spacio.rag import pipeline, registry
+from spacio.rag.sniff import sniff
+from spacio.spaces.services import READ, WRITE, access
+
+REJECTED = ("unsupported_media_type", "file_too_large")
+MIB = 1024 * 1024
+
+
+def add_documents(user, space_id, files):
+    """Store each uploaded file as a document and queue the new ones for ingestion.
+
+    Returns (documents, number queued), one document per file in order. A file whose bytes
+    the space already has gives the existing document. A file of an unsupported type or
+    over the size limit gives a ``failed`` document whose bytes are not kept."""
+    space = access(user, space_id, WRITE)
+    limit = int(current_app.config["UPLOAD_MAX_FILES"])
+    if not files:
+        raise Invalid("Send one or more files in the multipart field 'files'.",
+                      errors={"files": ["Missing data for required field."]})
+    if len(files) > limit:
+        raise Invalid(f"At most {limit} files per request.", reason="too_many_files",
+                      errors={"files": [f"Longer than maximum length {limit}."]})
+    uploads = [(safe_filename(f.filename), *read_upload(f, int(current_app.config["UPLOAD_MAX_FILE_BYTES"])))
+               for f in files]
+    for attempt in (1, 2):
+        try:
+            documents, queued = _store(space, user, uploads)
+            db.session.commit()
+            break
+        except IntegrityError:
+            # the same bytes arrived in a concurrent request: the retry finds its document
+            db.session.rollback()
+            if attempt == 2:
+                raise
+    jobs().enqueue_ingest(queued)
+    return documents, len(queued)
+
+
+def _store(space, user, uploads):
+    max_bytes = int(current_app.config["UPLOAD_MAX_FILE_BYTES"])
+    parsers = registry().parsers
+    documents, queued = [], []
+    for filename, data, size, digest in uploads:
+        existing = db.session.scalar(select(Document).where(Document.space_id == space.id, Document.sha256 == digest))
+        if existing is not None:
+            documents.append(existing)
+            continue
+        doc = Document(space_id=space.id, uploaded_by=user.id, filename=filename, size_bytes=size, sha256=digest,
+                       status="queued", progress=0.0, chunks=0, tokens=0, attempts=0)
+        if data is None:
+            _reject(doc, "file_too_large", f"The file is larger than the limit of {max_bytes // MIB} MB.")
+        elif not data.strip():
+            _reject(doc, "empty_document", "The file is empty.")
+        else:
+            doc.media_type = sniff(data, filename)
+            if doc.media_type is None:
+                _reject(doc, "unsupported_media_type",
+                        "The content is not a supported type (PDF, DOCX, HTML, Markdown, text or JSON).")
+            elif doc.media_type not in parsers:
+                _reject(doc, "unsupported_media_type", f"No installed parser reads {doc.media_type}.")
+            else:
+                doc.file = DocumentFile(data=data)
+        db.session.add(doc)
+        db.session.flush()
+        if doc.status == "queued":
+            queued.append(doc.id)
+        documents.append(doc)
+    return documents, queued
+
+
+def _reject(doc, reason, message):
+    doc.status, doc.error_reason, doc.error_message = "failed", reason, message
+
+
+def all_rejected(documents):
+    """The reason when every file of an upload was rejected (413/415), else None."""
+    reasons = {d.error_reason if d.status == "failed" else None for d in documents}
+    if documents and reasons <= set(REJECTED):
+        return "file_too_large" if reasons == {"file_too_large"} else "unsupported_media_type"
+    return None
+
+
+def documents_of(user, space_id, status=None):
+    space = access(user, space_id, READ)
+    statement = select(Document).where(Document.space_id == space.id)
+    if status:
+        statement = statement.where(Document.status == status)
+    return statement.order_by(Document.created_at.desc(), Document.id)
+
+
+def get(user, space_id, document_id, needs=READ):
+    space = access(user, space_id, needs)
+    doc = db.session.get(Document, document_id)
+    if doc is None or doc.space_id != space.id:
+        raise NotFound("Document not found.", reason="document_not_found")
+    return doc
+
+
+def original(user, space_id, document_id):
+    """(document, bytes) of a document's original file."""
+    doc = get(user, space_id, document_id)
+    data = db.session.scalar(select(DocumentFile.data).where(DocumentFile.document_id == doc.id))
+    if data is None:
+        raise NotFound("This upload was rejected, so its bytes were not kept.", reason="file_not_kept")
+    return doc, data
+
+
+def delete(user, space_id, document_id):
+    """Delete a document, its file, chunks and vectors. The vectors go first: if the vector
+    store is down the request fails and nothing is lost."""
+    doc = get(user, space_id, document_id, WRITE)
+    pipeline.forget_document(doc.space_id, doc.id)
+    db.session.delete(doc)
+    db.session.commit()
+
+
+def reindex(user, space_id, document_id):
+    doc = get(user, space_id, document_id, WRITE)
+    problem = registry().mismatch(access(user, space_id, WRITE).pipeline)
+    if problem:
+        raise Conflict(problem + " (POST /spaces/{space_id}/reindex)", reason="pipeline_changed")
+    if db.session.scalar(select(DocumentFile.document_id).where(DocumentFile.document_id == doc.id)) is None:
+        raise Conflict("This upload was rejected, so there is nothing to reindex; upload the file again.",
+                       reason="file_not_kept")
+    _requeue(select(Document.id).where(Document.id == doc.id))
+    db.session.commit()
+    jobs().enqueue_ingest([doc.id])
+    db.session.refresh(doc)
+    return doc
+
+
+def reindex_space(user, space_id):
+    """Move a space to the current plugins: its vectors are dropped and every document with
+    a kept file is ingested again."""
+    space = access(user, space_id, WRITE)
+    pipeline.forget_space(space.id)
+    space.pipeline = pipeline.describe_new_space()
+    ids = list(db.session.scalars(
+        select(Document.id).join(DocumentFile, DocumentFile.document_id == Document.id)
+        .where(Document.space_id == space.id)))
+    db.session.execute(Chunk.__table__.delete().where(Chunk.space_id == space.id))
+    if ids:
+        _requeue(select(Document.id).where(Document.id.in_(ids)))
+    db.session.commit()
+    jobs().enqueue_ingest(ids)
+    return len(ids)
+
+
+def _requeue(ids_select):
+    db.session.execute(
+        update(Document).where(Document.id.in_(ids_select))
+        .values(status="queued", progress=0.0, error_reason=None, error_message=None, updated_at=utcnow()),
+        execution_options={"synchronize_session": False},
+    )
+
+
+def chunk(user, space_id, chunk_id):
+    space = access(user, space_id, READ)
+    found = db.session.get(Chunk, chunk_id)
+    if found is None or found.space_id != space.id:
+        raise NotFound("Chunk not found.", reason="chunk_not_found")
+    return found
+
+
+def unfinished_ids():
+    return [uuid.UUID(str(i)) for i in db.session.scalars(select(Document.id).where(Document.status.in_(UNFINISHED)))]

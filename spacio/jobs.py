@@ -1,0 +1,119 @@
+"""Background jobs on Dramatiq.
+
+- Production (``SPACIO_REDIS_URL`` set): a RedisBroker; ``dramatiq tasks`` worker
+  processes run the actors (``tasks/__init__.py``). Web processes only enqueue.
+- Embedded default (no Redis): a StubBroker and an in-process worker, started with the
+  app (``start_inprocess_worker``). Its queue lives in memory, so at start it re-enqueues
+  the documents a previous process left unfinished. Single node only.
+
+Actors take ids only, are idempotent, and are enqueued after the commit. Each app
+declares them on its own broker, so tests can build apps with different brokers.
+"""
+
+import logging
+import threading
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import CurrentMessage
+from flask import current_app
+
+log = logging.getLogger(__name__)
+
+INGEST_QUEUE = "ingest"
+INGEST_ACTOR = "ingest_document"
+
+
+def init_app(app):
+    """Make the app's broker and declare the actors on it. Connects to nothing yet."""
+    cfg = app.config
+    if cfg["REDIS_URL"]:
+        broker = RedisBroker(url=cfg["REDIS_URL"], heartbeat_timeout=int(cfg["BROKER_HEARTBEAT_TIMEOUT_MS"]),
+                             maintenance_chance=int(cfg["BROKER_MAINTENANCE_CHANCE"]))
+    else:
+        broker = StubBroker()
+    broker.add_middleware(CurrentMessage())
+    ingest = dramatiq.Actor(
+        _ingest_in(app), broker=broker, actor_name=INGEST_ACTOR, queue_name=INGEST_QUEUE, priority=0,
+        options={
+            "max_retries": int(cfg["INGEST_MAX_RETRIES"]),
+            "min_backoff": int(cfg["INGEST_MIN_BACKOFF_MS"]),
+            "max_backoff": int(cfg["INGEST_MAX_BACKOFF_MS"]),
+            "time_limit": int(cfg["INGEST_TIME_LIMIT_MS"]),
+        },
+    )
+    app.extensions["spacio.jobs"] = Jobs(app, broker, ingest)
+
+
+def _ingest_in(app):
+    def ingest_document(document_id):
+        """Parse, chunk, embed and index one document (idempotent)."""
+        from spacio.rag import pipeline
+
+        message = CurrentMessage.get_current_message()
+        retries = message.options.get("retries", 0) if message is not None else 0
+        last_try = retries >= int(app.config["INGEST_MAX_RETRIES"])
+        with app.app_context():
+            pipeline.ingest(document_id, last_try=last_try)
+
+    ingest_document.__name__ = INGEST_ACTOR
+    return ingest_document
+
+
+class Jobs:
+    def __init__(self, app, broker, ingest):
+        self.app = app
+        self.broker = broker
+        self.ingest = ingest
+        self.worker = None
+        self._lock = threading.Lock()
+
+    @property
+    def inprocess(self):
+        return isinstance(self.broker, StubBroker)
+
+    def enqueue_ingest(self, document_ids):
+        """Queue documents for ingestion; call after their rows are committed. In the
+        embedded default the in-process worker starts on first use if the server did not
+        start it."""
+        sent = self.start_inprocess_worker() if self.inprocess else set()
+        for document_id in document_ids:
+            if document_id not in sent:
+                self.ingest.send(str(document_id))
+
+    def start_inprocess_worker(self):
+        """Start the embedded default's worker threads (once) and re-enqueue the documents
+        a previous process left unfinished; returns their ids. Parsing and embedding run on
+        real threads (spacio.concurrency), never on the gevent hub."""
+        with self._lock:
+            if self.worker is not None or not self.inprocess:
+                return set()
+            self.worker = dramatiq.Worker(self.broker, queues={INGEST_QUEUE}, worker_timeout=100,
+                                          worker_threads=int(self.app.config["INGEST_INPROCESS_THREADS"]))
+            self.worker.start()
+            with self.app.app_context():
+                from spacio.documents import services
+
+                pending = services.unfinished_ids()
+            for document_id in pending:
+                self.ingest.send(str(document_id))
+            if pending:
+                log.info("re-enqueued %d unfinished documents", len(pending))
+            return set(pending)
+
+    def join(self, timeout_ms=60_000):
+        """Wait until the in-process queue is empty and idle (tests, the CLI)."""
+        self.broker.join(INGEST_QUEUE, timeout=timeout_ms, fail_fast=True)
+        if self.worker is not None:
+            self.worker.join()
+
+    def stop(self):
+        with self._lock:
+            if self.worker is not None:
+                self.worker.stop(timeout=5000)
+                self.worker = None
+
+
+def jobs(app=None) -> Jobs:
+    return (app or current_app).extensions["spacio.jobs"]

@@ -1,0 +1,215 @@
+"""Runs the plugins: ingestion of one document (retrieval and answers come next).
+
+``ingest(document_id)`` is what the ``ingest_document`` actor does: parse -> chunk ->
+embed in batches -> replace the document's vectors and chunks -> ``ready``. It is
+idempotent: chunk ids are derived from (document, ordinal) and the document's old vectors
+are deleted before the new ones are written, so a second run, or a run after a worker was
+killed half-way, leaves exactly one copy of each chunk.
+
+Failures: a plugin's ``InvalidInput``/``UnsupportedMediaType`` (or any exception from a
+parser or chunker, which only sees the file) fails the document with a reason and is not
+retried. ``UpstreamUnavailable`` and unexpected errors (a database restart) are raised
+for Dramatiq to retry with backoff; on the last try the document fails instead.
+"""
+
+import logging
+import time
+import uuid
+
+import numpy as np
+from flask import current_app
+from sqlalchemy import delete, insert, select, update
+
+from spacio.concurrency import in_real_thread
+from spacio.db import utcnow
+from spacio.documents.models import Chunk, Document, DocumentFile
+from spacio.errors import Unavailable
+from spacio.extensions import db
+from spacio.rag import contracts, registry
+from spacio.spaces.models import Space
+
+log = logging.getLogger(__name__)
+
+CHUNK_NAMESPACE = uuid.UUID("5b0c8a4e-3f8e-4d43-9c55-5d1f0a3a7c21")
+PROGRESS_EVERY_S = 1.0
+
+
+def chunk_id(document_id, ordinal) -> uuid.UUID:
+    return uuid.uuid5(CHUNK_NAMESPACE, f"{document_id}:{ordinal}")
+
+
+def chunking(space_settings, embedder, config=None):
+    """(size, overlap) in tokens for a space: its settings, else the defaults, never more
+    than the embedder reads."""
+    config = config or current_app.config
+    size = int(space_settings.get("chunk_size") or config["CHUNK_SIZE"])
+    overlap = space_settings.get("chunk_overlap")
+    overlap = int(config["CHUNK_OVERLAP"] if overlap is None else overlap)
+    size = min(size, int(embedder.max_tokens))
+    return size, min(overlap, size // 2 - 1 if size > 2 else 0)
+
+
+class _Permanent(Exception):
+    def __init__(self, reason, message):
+        super().__init__(message)
+        self.reason, self.message = reason, message
+
+
+def ingest(document_id, *, last_try=False):
+    document_id = uuid.UUID(str(document_id))
+    doc = db.session.get(Document, document_id)
+    if doc is None or doc.status in ("ready", "failed"):
+        db.session.rollback()
+        return  # deleted meanwhile, or already done (a message delivered twice)
+    reg = registry()
+    space = db.session.get(Space, doc.space_id)
+    problem = reg.mismatch(space.pipeline)
+    if problem:
+        return _fail(document_id, "pipeline_changed", problem)
+    parser = reg.parsers.get(doc.media_type)
+    if parser is None:
+        return _fail(document_id, "unsupported_media_type", f"No installed parser reads {doc.media_type}.")
+    size, overlap = chunking(space.settings or {}, reg.embedder)
+    data = db.session.scalar(select(DocumentFile.data).where(DocumentFile.document_id == document_id))
+    blob = contracts.Blob(data=data or b"", media_type=doc.media_type, filename=doc.filename,
+                          max_pages=int(current_app.config["MAX_PAGES"]))
+    space_id = doc.space_id  # read now: the commits below expire `doc`, which may be deleted meanwhile
+    namespace = str(space_id)
+    _set(document_id, status="parsing", progress=0.0, attempts=Document.attempts + 1,
+         error_reason=None, error_message=None)
+    del data
+    started = time.monotonic()
+    try:
+        parsed, chunks = _parse_and_chunk(reg, parser, blob, size, overlap)
+        del blob
+        _set(document_id, status="embedding", pages=parsed.pages, progress=0.0)
+        vectors, tokens = _embed(reg.embedder, [c.text for c in chunks], document_id)
+        records = [
+            contracts.VectorRecord(
+                id=str(chunk_id(document_id, c.ordinal)), document_id=str(document_id), ordinal=c.ordinal,
+                text=c.text, vector=vectors[i], page=c.page,
+                metadata={"heading": c.heading, "page_end": c.page_end})
+            for i, c in enumerate(chunks)
+        ]
+        store = reg.vector_store
+        store.ensure_namespace(namespace, int(reg.embedder.dimensions))
+        store.delete_document(namespace, str(document_id))
+        store.upsert(namespace, records)
+        _finish(document_id, space_id, namespace, chunks, tokens)
+        log.info("ingested document %s: %d pages, %d chunks, %d tokens in %.1f s", document_id,
+                 parsed.pages or 0, len(chunks), tokens, time.monotonic() - started)
+    except _Permanent as exc:
+        _fail(document_id, exc.reason, exc.message)
+    except contracts.PluginError as exc:
+        db.session.rollback()
+        if exc.retryable and not last_try:
+            _set(document_id, status="queued", progress=0.0)
+            raise
+        _fail(document_id, exc.reason, exc.message)
+    except Exception:
+        db.session.rollback()
+        if not last_try:
+            log.warning("ingestion of %s failed; it will be retried", document_id, exc_info=True)
+            _set(document_id, status="queued", progress=0.0)
+            raise
+        log.exception("ingestion of %s failed on its last try", document_id)
+        _fail(document_id, "ingestion_error", "Ingestion failed unexpectedly; the server's log has the details.")
+
+
+def _parse_and_chunk(reg, parser, blob, size, overlap):
+    """Parse and chunk on a real thread. These plugins only see the file, so whatever they
+    raise is a property of the file: permanent."""
+
+    def work():
+        parsed = parser.parse(blob)
+        if parsed.pages is not None and parsed.pages > (blob.max_pages or parsed.pages):
+            raise contracts.InvalidInput(f"The document has {parsed.pages} pages; the limit is {blob.max_pages}.",
+                                         reason="too_many_pages")
+        if not any(section.text.strip() for section in parsed.sections):
+            raise contracts.InvalidInput("The document contains no text.", reason="empty_document")
+        chunks = list(reg.chunker.chunk(parsed, tokenizer=reg.embedder.tokenizer, size=size, overlap=overlap))
+        if not chunks:
+            raise contracts.InvalidInput("The document contains no text.", reason="empty_document")
+        return parsed, chunks
+
+    try:
+        return in_real_thread(work)
+    except contracts.UpstreamUnavailable:
+        raise
+    except contracts.PluginError as exc:
+        raise _Permanent(exc.reason, exc.message) from exc
+    except Exception as exc:  # a parser bug on a strange file fails that file, not the worker
+        log.warning("parsing %s failed", blob.filename, exc_info=True)
+        raise _Permanent("parser_error", f"The file could not be read ({exc.__class__.__name__}).") from exc
+
+
+def _embed(embedder, texts, document_id):
+    batch = max(1, min(int(current_app.config["EMBED_BATCH_SIZE"]), int(embedder.max_batch_size)))
+    parts, tokens, last_report = [], 0, time.monotonic()
+    for start in range(0, len(texts), batch):
+        result = in_real_thread(embedder.embed_documents, texts[start:start + batch])
+        vectors = np.asarray(result.vectors, dtype=np.float32)
+        if vectors.shape != (len(texts[start:start + batch]), int(embedder.dimensions)):
+            raise contracts.PluginError(f"The embedder returned vectors of shape {vectors.shape}.")
+        parts.append(vectors)
+        tokens += int(result.tokens)
+        if time.monotonic() - last_report > PROGRESS_EVERY_S:
+            _set(document_id, progress=round(0.95 * (start + batch) / len(texts), 3))
+            last_report = time.monotonic()
+    return np.concatenate(parts), tokens
+
+
+def _finish(document_id, space_id, namespace, chunks, tokens):
+    done = db.session.execute(
+        update(Document).where(Document.id == document_id)
+        .values(status="ready", progress=1.0, chunks=len(chunks), tokens=tokens, updated_at=utcnow())
+    ).rowcount
+    if not done:  # deleted while we worked: take its vectors back out
+        db.session.rollback()
+        registry().vector_store.delete_document(namespace, str(document_id))
+        return
+    db.session.execute(delete(Chunk).where(Chunk.document_id == document_id))
+    db.session.execute(insert(Chunk), [
+        {"id": chunk_id(document_id, c.ordinal), "space_id": space_id, "document_id": document_id,
+         "ordinal": c.ordinal, "page": c.page, "page_end": c.page_end, "heading": c.heading,
+         "text": c.text, "tokens": c.tokens}
+        for c in chunks
+    ])
+    db.session.commit()
+
+
+def _set(document_id, **values):
+    db.session.execute(update(Document).where(Document.id == document_id).values(updated_at=utcnow(), **values))
+    db.session.commit()
+
+
+def _fail(document_id, reason, message):
+    db.session.rollback()
+    log.info("document %s failed: %s", document_id, reason)
+    _set(document_id, status="failed", progress=0.0, error_reason=reason, error_message=message)
+
+
+def forget_document(space_id, document_id):
+    """Remove a document's vectors (before its rows are deleted)."""
+    _in_request(registry().vector_store.delete_document, str(space_id), str(document_id))
+
+
+def forget_space(space_id):
+    """Remove a space's vectors (before its rows are deleted)."""
+    _in_request(registry().vector_store.drop_namespace, str(space_id))
+
+
+def _in_request(call, *args):
+    """A vector store call a request waits for: a store that is down answers 503 with the
+    one error body (API.md), not a 500, and the request changes nothing."""
+    try:
+        return call(*args)
+    except contracts.UpstreamUnavailable as exc:
+        headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else None
+        raise Unavailable(f"The vector store is unavailable: {exc.message}", reason=exc.reason,
+                          headers=headers) from exc
+
+
+def describe_new_space():
+    """The pipeline a new space records."""
+    return registry().pipeline()
