@@ -13,14 +13,14 @@ from tests.integration.workers import Worker, flush_redis, wait_for, worker_env
 EVAL_DOCS = Path(__file__).resolve().parents[3] / "shared" / "eval" / "docs"
 # what a file may fail with: each names its cause (nothing generic like ingestion_error)
 SPECIFIC = {"encrypted", "corrupt_file", "no_text_layer", "too_many_pages", "empty_document",
-            "unsupported_media_type", "file_too_large", "archive_too_large"}
+            "unsupported_media_type", "file_too_large", "archive_too_large", "parse_timeout"}
 EXPECTED = {  # files whose outcome is known (../shared/eval/MANIFEST.md)
     "pdf/py-pdf-sample-files/005-libreoffice-writer-password__libreoffice-writer-password.pdf": "encrypted",
     "pdf/unstructured/password.pdf": "encrypted",
     "pdf/unstructured/copy-protected.pdf": "ready",
     "pdf/unstructured/loremipsum-flat.pdf": "no_text_layer",
     "pdf/derived-corrupt/zero-bytes.pdf": "empty_document",
-    "pdf/derived-corrupt/truncated-50pct-2203.06947.pdf": "ready",
+    "pdf/derived-corrupt/truncated-50pct-2203.06947.pdf": "corrupt_file",
     "pdf/derived-corrupt/html-renamed-as.pdf": "ready",
     "pdf/arxiv/multi-column-DPR-2004.04906.pdf": "ready",
     "pdf/unstructured/pdf2image-memory-error-test-400p.pdf": "ready",
