@@ -5,6 +5,8 @@ from flask import current_app
 
 from alembic import context
 
+from spacio.db import include_in_migrations
+
 # this is the Alembic Config object, which provides
 # access to the values within the .ini file in use.
 config = context.config
@@ -68,12 +70,6 @@ def run_migrations_offline():
         context.run_migrations()
 
 
-def include_name(name, type_, parent_names):
-    """Vector-store plugins keep their own tables (``vs_*``) next to ours: autogenerate
-    must not offer to drop them."""
-    return not (type_ == "table" and name.startswith("vs_"))
-
-
 def run_migrations_online():
     """Run migrations in 'online' mode.
 
@@ -102,7 +98,7 @@ def run_migrations_online():
         context.configure(
             connection=connection,
             target_metadata=get_metadata(),
-            include_name=include_name,
+            include_name=include_in_migrations,
             **conf_args
         )
 

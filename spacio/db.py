@@ -43,3 +43,9 @@ def created_at():
 def updated_at():
     return mapped_column(UTCDateTime, nullable=False, default=utcnow, onupdate=utcnow)
 
+
+
+def include_in_migrations(name, type_, parent_names):
+    """Alembic's ``include_name``: vector-store plugins keep their own tables (``vs_*``)
+    next to ours, and autogenerate must not offer to drop them."""
+    return not (type_ == "table" and name.startswith("vs_"))

@@ -53,14 +53,21 @@ def add_documents(user, space_id, files):
 def _store(space, user, uploads):
     max_bytes = int(current_app.config["UPLOAD_MAX_FILE_BYTES"])
     parsers = registry().parsers
-    documents, queued = [], []
+    documents, queued, created = [], [], set()
     for filename, data, size, digest in uploads:
         existing = db.session.scalar(select(Document).where(Document.space_id == space.id, Document.sha256 == digest))
-        if existing is not None:
+        if existing is not None and (existing.id in created or existing.status != "failed" or existing.file):
             documents.append(existing)
             continue
-        doc = Document(space_id=space.id, uploaded_by=user.id, filename=filename, size_bytes=size, sha256=digest,
-                       status="queued", progress=0.0, chunks=0, tokens=0, attempts=0)
+        if existing is not None:
+            # rejected by an earlier upload, its bytes not kept: the same document, judged again,
+            # since the size limit or the installed parsers may have changed (reindex's 409 says
+            # to upload the file again)
+            doc = existing
+            doc.status, doc.media_type, doc.error_reason, doc.error_message = "queued", None, None, None
+        else:
+            doc = Document(space_id=space.id, uploaded_by=user.id, filename=filename, size_bytes=size, sha256=digest,
+                           status="queued", progress=0.0, chunks=0, tokens=0, attempts=0)
         if data is None:
             _reject(doc, "file_too_large", f"The file is larger than the limit of {max_bytes // MIB} MB.")
         elif not data.strip():
@@ -76,6 +83,7 @@ def _store(space, user, uploads):
                 doc.file = DocumentFile(data=data)
         db.session.add(doc)
         db.session.flush()
+        created.add(doc.id)
         if doc.status == "queued":
             queued.append(doc.id)
         documents.append(doc)
@@ -130,7 +138,9 @@ def delete(user, space_id, document_id):
 
 def reindex(user, space_id, document_id):
     doc = get(user, space_id, document_id, WRITE)
-    problem = registry().mismatch(access(user, space_id, WRITE).pipeline)
+    space = access(user, space_id, WRITE)
+    pipeline.adopt_if_unrecorded(space)
+    problem = registry().mismatch(space.pipeline)
     if problem:
         raise Conflict(problem + " (POST /spaces/{space_id}/reindex)", reason="pipeline_changed")
     if db.session.scalar(select(DocumentFile.document_id).where(DocumentFile.document_id == doc.id)) is None:

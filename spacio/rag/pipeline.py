@@ -63,6 +63,7 @@ def ingest(document_id, *, last_try=False):
         return  # deleted meanwhile, or already done (a message delivered twice)
     reg = registry()
     space = db.session.get(Space, doc.space_id)
+    adopt_if_unrecorded(space)
     problem = reg.mismatch(space.pipeline)
     if problem:
         return _fail(document_id, "pipeline_changed", problem)
@@ -208,6 +209,14 @@ def _in_request(call, *args):
         headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else None
         raise Unavailable(f"The vector store is unavailable: {exc.message}", reason=exc.reason,
                           headers=headers) from exc
+
+
+def adopt_if_unrecorded(space):
+    """Spaces made before ingestion existed recorded plugin names only, and hold no
+    vectors: they take the current pipeline instead of failing with pipeline_changed."""
+    if "model" not in ((space.pipeline or {}).get("embedder") or {}):
+        space.pipeline = registry().pipeline()
+        db.session.commit()
 
 
 def describe_new_space():

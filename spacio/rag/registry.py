@@ -60,10 +60,14 @@ def label(kind):
     return kind.replace("_", " ")
 
 
-def installed(kind) -> dict[str, Installed]:
-    """The installed plugins of one kind by name; a name claimed twice is an error."""
+def installed(kind, entry_points=None) -> dict[str, Installed]:
+    """The installed plugins of one kind by name; a name claimed twice is an error.
+    ``entry_points``: the result of one ``importlib.metadata.entry_points()`` scan to pick
+    from (a scan reads every distribution's metadata: ~20 ms, so a registry does one)."""
+    group = contracts.KINDS[kind]
+    points = importlib.metadata.entry_points(group=group) if entry_points is None else entry_points.select(group=group)
     found: dict[str, Installed] = {}
-    for ep in importlib.metadata.entry_points(group=contracts.KINDS[kind]):
+    for ep in points:
         dist = ep.dist
         item = Installed(kind, ep.name, dist.name if dist else "?", dist.version if dist else "?", ep.value, ep)
         other = found.get(ep.name)
@@ -77,11 +81,11 @@ def installed(kind) -> dict[str, Installed]:
     return found
 
 
-def selected_names(kind, config) -> list[str]:
+def selected_names(kind, config, parsers=None) -> list[str]:
     value = config.get(SELECTION_KEYS[kind])
     if kind == "parser":
         if value in (None, "", "*", ["*"]):
-            return sorted(installed("parser"))
+            return sorted(installed("parser") if parsers is None else parsers)
         if isinstance(value, str):
             value = value.split(",")
         return [v.strip() for v in value if v.strip()]
@@ -99,9 +103,9 @@ def plugin_options(kind, name, config) -> dict:
     return {str(k).lower(): v for k, v in options.items()}
 
 
-def build(kind, name, config, host_options=None):
-    """Import, validate and construct one plugin."""
-    plugins = installed(kind)
+def build(kind, name, config, host_options=None, plugins=None):
+    """Import, validate and construct one plugin (``plugins``: ``installed(kind)``, if known)."""
+    plugins = installed(kind) if plugins is None else plugins
     item = plugins.get(name)
     if item is None:
         known = ", ".join(sorted(plugins)) or "none"
@@ -145,10 +149,13 @@ class Registry:
 
     def __init__(self, config, host_options=None):
         self.config = config
+        self._entry_points = importlib.metadata.entry_points()  # one scan for every kind
+        self._installed: dict[str, dict[str, Installed]] = {}
         self.parsers: dict[str, Any] = {}  # media type -> parser
-        self.selection = {kind: selected_names(kind, config) for kind in PROTOCOLS}
+        parsers = self.installed_plugins("parser")
+        self.selection = {kind: selected_names(kind, config, parsers) for kind in PROTOCOLS}
         for name in self.selection["parser"]:
-            parser = build("parser", name, config, host_options)
+            parser = build("parser", name, config, host_options, parsers)
             for media_type in parser.media_types:
                 self.parsers.setdefault(media_type, parser)
         self.chunker = self._one("chunker", host_options, required=True)
@@ -163,7 +170,13 @@ class Registry:
             if required:
                 raise PluginConfigError(f"No {label(kind)} is selected: set SPACIO_{SELECTION_KEYS[kind]}.")
             return None
-        return build(kind, names[0], self.config, host_options)
+        return build(kind, names[0], self.config, host_options, self.installed_plugins(kind))
+
+    def installed_plugins(self, kind):
+        """``installed(kind)`` from this registry's one scan of the entry points."""
+        if kind not in self._installed:
+            self._installed[kind] = installed(kind, self._entry_points)
+        return self._installed[kind]
 
     def pipeline(self):
         """What a new space records: the plugins its vectors depend on."""
@@ -189,7 +202,8 @@ class Registry:
         result = {}
         for kind in PROTOCOLS:
             chosen = set(self.selection[kind])
-            result[kind] = [item.describe(name in chosen) for name, item in sorted(installed(kind).items())]
+            plugins = sorted(self.installed_plugins(kind).items())
+            result[kind] = [item.describe(name in chosen) for name, item in plugins]
         return result
 
 

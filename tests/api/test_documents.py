@@ -1,0 +1,752 @@
+"""Documents (API.md "Documents"): upload with per-file outcomes, the ingestion lifecycle,
+listing, the original file, chunks, delete, reindex, and how ingestion behaves when a
+plugin fails or the server's plugins change under a space.
+
+Ingestion runs on the in-process worker (StubBroker) with the fast ``hashing`` embedder;
+``client.ingested()`` waits for it. The vector store is ``local`` on SQLite and
+``pgvector`` on PostgreSQL, and the tests count vectors through the real store.
+"""
+
+import hashlib
+import io
+import re
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+from pypdf import PdfWriter
+from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
+from sqlalchemy import select, update
+
+from spacio.documents.models import STATUSES, Chunk, Document, DocumentFile
+from spacio.extensions import db
+from spacio.jobs import jobs
+from spacio.rag import contracts, pipeline, registry
+from tests.api.helpers import assert_pagination, count_rows, pagination_of, parse_timestamp, space_url
+from tests.conftest import ApiClient, assert_error
+
+EVAL_DOCS = Path(__file__).resolve().parents[2].parent / "shared" / "eval" / "docs"
+PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(48)
+# an accepted file's entry: the in-process worker may already be at it when the response is written
+ACCEPTED = {"queued", "parsing", "embedding", "ready"}
+LISTED_FIELDS = {"id", "filename", "media_type", "size_bytes", "sha256", "status", "error", "pages", "chunks",
+                 "created_at", "updated_at"}
+
+
+# --------------------------------------------------------------------------- helpers
+
+def pdf(*pages: str) -> bytes:
+    """A small valid PDF with one page per text (lines split on newlines), built with pypdf."""
+    writer = PdfWriter()
+    font = writer._add_object(DictionaryObject({
+        NameObject("/Type"): NameObject("/Font"), NameObject("/Subtype"): NameObject("/Type1"),
+        NameObject("/BaseFont"): NameObject("/Helvetica")}))
+    for text in pages:
+        page = writer.add_blank_page(612, 792)
+        content = DecodedStreamObject()
+        lines = b"".join(b"(" + line.encode("latin-1") + b") Tj 0 -14 Td " for line in text.split("\n"))
+        content.set_data(b"BT /F1 10 Tf 72 760 Td " + lines + b"ET")
+        page[NameObject("/Contents")] = writer._add_object(content)
+        page[NameObject("/Resources")] = DictionaryObject(
+            {NameObject("/Font"): DictionaryObject({NameObject("/F1"): font})})
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def prose(topic: str, sentences: int = 40) -> str:
+    """Text about one topic, long enough for several chunks of the default size."""
+    return "\n".join(f"Sentence {i} is about {topic} and the number {i * 37 % 101}." for i in range(sentences))
+
+
+def docs_url(space_id, *rest):
+    return space_url(space_id, "documents", *rest)
+
+
+def get_document(client, user, space_id, document_id):
+    response = client.get(docs_url(space_id, document_id), headers=user.headers)
+    assert response.status_code == 200, response.json
+    return response.json
+
+
+def vectors(app, space_id, document_id=None):
+    """Vectors the space's namespace holds (of one document), counted by the real store."""
+    with app.app_context():
+        return registry(app).vector_store.count(str(space_id), None if document_id is None else str(document_id))
+
+
+def chunk_rows(app, document_id):
+    """(id, ordinal) of a document's chunk rows, by ordinal."""
+    with app.app_context():
+        return [(str(i), o) for i, o in db.session.execute(
+            select(Chunk.id, Chunk.ordinal).where(Chunk.document_id == uuid.UUID(str(document_id)))
+            .order_by(Chunk.ordinal))]
+
+
+def attempts_of(app, document_id):
+    with app.app_context():
+        return db.session.get(Document, uuid.UUID(str(document_id))).attempts
+
+
+def set_status(app, document_id, status, **values):
+    """Put a document row in the state a crashed process would leave it in."""
+    with app.app_context():
+        db.session.execute(update(Document).where(Document.id == uuid.UUID(str(document_id)))
+                           .values(status=status, **values))
+        db.session.commit()
+
+
+def assert_one_copy_of_each_chunk(app, space_id, document):
+    """The document's chunk rows run 0..n-1, and the store holds exactly one vector per chunk."""
+    rows = chunk_rows(app, document["id"])
+    assert [o for _, o in rows] == list(range(document["chunks"])), rows
+    assert document["chunks"] > 0
+    assert vectors(app, space_id, document["id"]) == document["chunks"]
+    return rows
+
+
+@pytest.fixture
+def configured(make_app):
+    """An ApiClient on an app with extra config, plus Alice and her space on it."""
+
+    def build(**config):
+        client = ApiClient(make_app(**config).test_client())
+        owner = client.user("alice@example.com", "Alice")
+        return client, owner, client.space(owner, "Research")["id"]
+
+    return build
+
+
+# --------------------------------------------------------------------------- upload and lifecycle
+
+def test_an_upload_of_several_files_gives_one_entry_per_file_in_order(client, alice, space):
+    files = [(prose("rivers").encode(), "rivers.txt"), (b"# Title\n\nSome *markdown* about lakes.\n", "lakes.md"),
+             (b"<!DOCTYPE html><html><body><p>Mountains and valleys.</p></body></html>", "hills.html")]
+    response = client.upload(alice, space["id"], *files)
+
+    assert response.status_code == 202, response.json
+    body = response.json
+    assert body["ingestion"] == {"count": 3}
+    entries = body["documents"]
+    assert [d["filename"] for d in entries] == ["rivers.txt", "lakes.md", "hills.html"]
+    assert [d["media_type"] for d in entries] == ["text/plain", "text/markdown", "text/html"]
+    for entry, (data, _) in zip(entries, files):
+        assert LISTED_FIELDS <= set(entry), entry
+        assert entry["status"] in ACCEPTED and entry["error"] is None
+        assert entry["size_bytes"] == len(data)
+        assert entry["sha256"] == hashlib.sha256(data).hexdigest()
+        assert entry["uploaded_by"] == alice.id
+    assert len({d["id"] for d in entries}) == 3
+
+    client.ingested()
+    for entry in entries:
+        document = get_document(client, alice, space["id"], entry["id"])
+        assert document["status"] == "ready", document
+        assert document["error"] is None and document["progress"] == 1.0
+        assert document["pages"] is None  # formats without pages
+        assert parse_timestamp(document["updated_at"]) >= parse_timestamp(document["created_at"])
+        assert_one_copy_of_each_chunk(client.app, space["id"], document)
+    assert get_document(client, alice, space["id"], entries[0]["id"])["chunks"] > 1
+
+
+def test_the_status_moves_through_the_lifecycle_with_progress(configured):
+    """queued -> parsing -> embedding (progress rising) -> ready, seen by polling GET while
+    a slowed-down embedder works through one chunk per call."""
+    client, alice, _ = configured(EMBED_BATCH_SIZE=1, PLUGINS={"EMBEDDER": {"HASHING": {"DELAY_MS": 80}}})
+    space_id = client.space(alice, "Small chunks", settings={"chunk_size": 64, "chunk_overlap": 0})["id"]
+    # ~28 chunks at 80 ms each: progress is written about once a second, twice in all
+    response = client.upload(alice, space_id, (prose("glaciers", 130).encode(), "ice.txt"))
+    document_id = response.json["documents"][0]["id"]
+    assert response.json["documents"][0]["status"] in ACCEPTED
+
+    seen, deadline = [], time.monotonic() + 60
+    while time.monotonic() < deadline:
+        document = get_document(client, alice, space_id, document_id)
+        assert document["status"] in STATUSES
+        if not seen or seen[-1][0] != document["status"] or seen[-1][1] != document["progress"]:
+            seen.append((document["status"], document["progress"]))
+        if document["status"] in ("ready", "failed"):
+            break
+        time.sleep(0.02)
+    statuses = list(dict.fromkeys(s for s, _ in seen))
+    assert statuses[-1] == "ready", seen
+    assert set(statuses) <= {"queued", "parsing", "embedding", "ready"}
+    order = ["queued", "parsing", "embedding", "ready"]
+    assert statuses == sorted(statuses, key=order.index), seen  # never backwards
+    progress = [p for s, p in seen if s == "embedding"]
+    assert any(0 < p < 1 for p in progress), seen  # reported while embedding
+    assert progress == sorted(progress), seen
+    assert seen[-1] == ("ready", 1.0)
+
+
+def test_the_list_filters_by_status_and_paginates(client, alice, space):
+    response = client.upload(alice, space["id"], *[(f"Note number {i} about owls.".encode(), f"n{i}.txt")
+                                                    for i in range(4)], (PNG, "picture.png"))
+    assert response.status_code == 202, response.json
+    uploaded = [d["id"] for d in response.json["documents"]]
+    client.ingested()
+
+    everything = client.get(docs_url(space["id"]), headers=alice.headers)
+    assert everything.status_code == 200
+    assert sorted(d["id"] for d in everything.json) == sorted(uploaded)
+    assert_pagination(everything, total=5, total_pages=1, page=1, page_size=50)
+    for document in everything.json:
+        assert LISTED_FIELDS <= set(document)
+
+    ready = client.get(docs_url(space["id"]), query_string={"status": "ready"}, headers=alice.headers)
+    assert sorted(d["id"] for d in ready.json) == sorted(uploaded[:4])
+    assert pagination_of(ready)["total"] == 4
+    failed = client.get(docs_url(space["id"]), query_string={"status": "failed"}, headers=alice.headers)
+    assert [d["id"] for d in failed.json] == [uploaded[4]]
+    assert failed.json[0]["error"]["reason"] == "unsupported_media_type"
+    assert client.get(docs_url(space["id"]), query_string={"status": "queued"}, headers=alice.headers).json == []
+    assert_error(client.get(docs_url(space["id"]), query_string={"status": "done"}, headers=alice.headers), 422)
+
+    pages = [client.get(docs_url(space["id"]), query_string={"page": n, "page_size": 2}, headers=alice.headers)
+             for n in (1, 2, 3)]
+    assert [len(p.json) for p in pages] == [2, 2, 1]
+    assert_pagination(pages[0], total=5, total_pages=3, page=1, page_size=2)
+    assert_pagination(pages[2], total=5, total_pages=3, page=3, page_size=2)
+    assert [d["id"] for p in pages for d in p.json] == [d["id"] for d in everything.json]  # stable order
+    created = [parse_timestamp(d["created_at"]) for d in everything.json]
+    assert created == sorted(created, reverse=True)  # newest first
+
+
+def test_get_one_document_and_the_404s(client, alice, bob, space):
+    document = client.document(alice, space["id"], b"A short note about foxes.", "fox.txt")
+    listed = client.get(docs_url(space["id"]), headers=alice.headers).json
+    assert listed == [document]
+
+    assert_error(client.get(docs_url(space["id"], uuid.uuid4()), headers=alice.headers), 404, "document_not_found")
+    # a document of another space, asked for through a space the caller is in
+    other = client.space(bob, "Bob's")["id"]
+    assert_error(client.get(docs_url(other, document["id"]), headers=bob.headers), 404, "document_not_found")
+    assert_error(client.get(docs_url(other, document["id"], "file"), headers=bob.headers), 404,
+                 "document_not_found")
+    assert_error(client.get(docs_url(space["id"], document["id"]), headers=bob.headers), 404, "space_not_found")
+
+
+def test_viewers_cannot_upload(client, alice, bob, space):
+    client.member(alice, space["id"], bob, "viewer")
+    assert_error(client.upload(bob, space["id"], (b"Not allowed.", "no.txt")), 403)
+    assert count_rows(client.app, Document) == 0
+
+
+# --------------------------------------------------------------------------- the original file
+
+def content_disposition(response):
+    """(type, ASCII fallback filename, filename* decoded) of a Content-Disposition header."""
+    header = response.headers["Content-Disposition"]
+    assert "\r" not in header and "\n" not in header
+    kind = header.split(";", 1)[0].strip()
+    plain = re.search(r'filename="([^"]*)"', header)
+    extended = re.search(r"filename\*=UTF-8''([^;\s]+)", header)
+    return kind, plain and plain.group(1), extended and unquote(extended.group(1), errors="strict")
+
+
+def test_download_returns_the_exact_bytes_with_the_media_type_from_the_content(client, alice, space):
+    data = "Grüße aus Köln.\r\nZweite Zeile\twith a tab.\r\n".encode()
+    document = client.document(alice, space["id"], data, "greeting.txt")
+
+    response = client.get(docs_url(space["id"], document["id"], "file"), headers=alice.headers)
+
+    assert response.status_code == 200
+    assert response.get_data() == data
+    assert response.mimetype == "text/plain"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert content_disposition(response) == ("attachment", "greeting.txt", "greeting.txt")
+
+
+@pytest.mark.parametrize("sent, stored", [
+    ("Résumé 2024 – 数据.txt", "Résumé 2024 – 数据.txt"),
+    ("../../etc/passwd", "passwd"),
+    ("/var/tmp/../secret notes.md", "secret notes.md"),
+])
+def test_filenames_are_stored_without_directories_and_sent_back_safely(client, alice, space, sent, stored):
+    data = f"Contents of {stored}.".encode()
+    response = client.upload(alice, space["id"], (data, sent))
+    assert response.status_code == 202, response.json
+    document = response.json["documents"][0]
+    assert document["filename"] == stored
+
+    download = client.get(docs_url(space["id"], document["id"], "file"), headers=alice.headers)
+    assert download.status_code == 200 and download.get_data() == data
+    kind, plain, extended = content_disposition(download)
+    assert kind == "attachment"
+    assert extended == stored  # RFC 5987 form: the exact name, UTF-8
+    assert plain is not None and plain.isascii() and not re.search(r'[/\\"]', plain)
+    assert len(plain) == len(stored)  # one replacement character per non-ASCII character
+    assert ".." not in plain.split("/")
+
+
+# --------------------------------------------------------------------------- per-file outcomes
+
+def test_unsupported_content_fails_its_entry_while_the_other_files_are_accepted(client, alice, space):
+    response = client.upload(alice, space["id"], (PNG, "photo.pdf"), (b"Plain words about bees.", "bees.txt"))
+
+    assert response.status_code == 202, response.json
+    rejected, accepted = response.json["documents"]
+    assert response.json["ingestion"] == {"count": 1}
+    assert rejected["status"] == "failed" and rejected["media_type"] is None
+    assert rejected["error"]["reason"] == "unsupported_media_type" and rejected["error"]["message"]
+    assert rejected["size_bytes"] == len(PNG) and rejected["chunks"] == 0
+    assert accepted["status"] in ACCEPTED and accepted["media_type"] == "text/plain"
+
+    client.ingested()
+    assert get_document(client, alice, space["id"], accepted["id"])["status"] == "ready"
+    assert get_document(client, alice, space["id"], rejected["id"])["status"] == "failed"
+    # the record stays, its bytes do not
+    assert count_rows(client.app, DocumentFile, document_id=uuid.UUID(rejected["id"])) == 0
+    assert_error(client.get(docs_url(space["id"], rejected["id"], "file"), headers=alice.headers), 404,
+                 "file_not_kept")
+    assert_error(client.post(docs_url(space["id"], rejected["id"], "reindex"), headers=alice.headers), 409,
+                 "file_not_kept")
+
+
+def test_a_single_unsupported_file_answers_415_and_the_record_stays(client, alice, space):
+    response = client.upload(alice, space["id"], (PNG, "scan.png"))
+
+    body = assert_error(response, 415, "unsupported_media_type")
+    (entry,) = body["errors"]["files"]
+    assert entry["filename"] == "scan.png" and entry["reason"] == "unsupported_media_type"
+    listed = client.get(docs_url(space["id"]), headers=alice.headers).json
+    assert [(d["id"], d["status"]) for d in listed] == [(entry["document_id"], "failed")]
+
+    # the same bytes twice in one request: one record, two entries
+    twice = assert_error(client.upload(alice, space["id"], (PNG, "a.png"), (PNG, "b.png")), 415)
+    first, second = twice["errors"]["files"]
+    assert first["document_id"] == second["document_id"]
+    assert count_rows(client.app, Document) == 1
+
+
+def test_a_rejected_file_is_judged_again_when_it_is_uploaded_again(make_app):
+    """Its bytes were not kept, so reindex cannot help (409 says: upload it again); after
+    the limit is raised, uploading it again works."""
+    strict = ApiClient(make_app(UPLOAD_MAX_FILE_BYTES=1024).test_client())
+    alice = strict.user("alice@example.com", "Alice")
+    space_id = strict.space(alice)["id"]
+    data = prose("pelicans").encode()
+    rejected = assert_error(strict.upload(alice, space_id, (data, "pelicans.txt")), 413)["errors"]["files"][0]
+    assert_error(strict.post(docs_url(space_id, rejected["document_id"], "reindex"), headers=alice.headers), 409,
+                 "file_not_kept")
+    assert_error(strict.upload(alice, space_id, (data, "pelicans.txt")), 413)  # same limit, same answer
+    assert count_rows(strict.app, Document) == 1
+
+    relaxed = ApiClient(make_app().test_client())
+    response = relaxed.upload(alice, space_id, (data, "pelicans.txt"))
+
+    assert response.status_code == 202, response.json
+    assert response.json["ingestion"] == {"count": 1}
+    assert response.json["documents"][0]["id"] == rejected["document_id"]  # still the same document
+    relaxed.ingested()
+    listed = relaxed.get(docs_url(space_id), headers=alice.headers).json
+    assert [(d["id"], d["status"], d["error"]) for d in listed] == [(rejected["document_id"], "ready", None)]
+    download = relaxed.get(docs_url(space_id, rejected["document_id"], "file"), headers=alice.headers)
+    assert download.status_code == 200 and download.get_data() == data
+
+
+def test_a_file_over_the_size_limit_is_rejected_without_keeping_its_bytes(configured):
+    client, alice, space_id = configured(UPLOAD_MAX_FILE_BYTES=2048)
+    big = ("Too long. " * 400).encode()  # 4,000 bytes
+    small = b"Small enough."
+
+    response = client.upload(alice, space_id, (big, "big.txt"), (small, "small.txt"))
+
+    assert response.status_code == 202, response.json
+    too_large, accepted = response.json["documents"]
+    assert too_large["status"] == "failed" and too_large["error"]["reason"] == "file_too_large"
+    assert too_large["size_bytes"] == len(big)  # counted while it streamed in
+    assert too_large["sha256"] == hashlib.sha256(big).hexdigest()
+    assert accepted["status"] in ACCEPTED and response.json["ingestion"] == {"count": 1}
+    assert_error(client.get(docs_url(space_id, too_large["id"], "file"), headers=alice.headers), 404,
+                 "file_not_kept")
+    client.ingested()
+    assert get_document(client, alice, space_id, accepted["id"])["status"] == "ready"
+
+    alone = client.upload(alice, space_id, (big + b"!", "bigger.txt"))
+    body = assert_error(alone, 413, "file_too_large")
+    assert [f["reason"] for f in body["errors"]["files"]] == ["file_too_large"]
+    # a file of exactly the limit is fine
+    exact = client.upload(alice, space_id, (b"x" * 2047 + b".", "exact.txt"))
+    assert exact.status_code == 202 and exact.json["documents"][0]["status"] in ACCEPTED
+
+
+def test_the_type_comes_from_the_content_not_the_name(client, alice, space):
+    html = b"<!DOCTYPE html><html><body><h1>Otters</h1><p>Otters hold hands while they sleep.</p></body></html>"
+    as_pdf = client.document(alice, space["id"], html, "otters.pdf")
+    assert as_pdf["media_type"] == "text/html" and as_pdf["pages"] is None
+    ids = client.chunks(alice, space["id"], as_pdf["id"])
+    text = " ".join(client.get(space_url(space["id"], "chunks", i), headers=alice.headers).json["text"] for i in ids)
+    assert "Otters hold hands" in text and "<p>" not in text  # parsed as HTML, not as text
+
+    real_pdf = pdf("Badgers dig long tunnels.", "They sleep in the day.")
+    as_txt = client.document(alice, space["id"], real_pdf, "badgers.txt")
+    assert as_txt["media_type"] == "application/pdf" and as_txt["pages"] == 2
+    download = client.get(docs_url(space["id"], as_txt["id"], "file"), headers=alice.headers)
+    assert download.mimetype == "application/pdf" and download.get_data() == real_pdf
+
+
+def test_the_same_bytes_again_give_the_existing_document_and_no_new_work(client, alice, space):
+    data = b"Hedgehogs eat beetles and worms."
+    first = client.document(alice, space["id"], data, "hedgehogs.txt")
+
+    again = client.upload(alice, space["id"], (data, "renamed.txt"))
+    assert again.status_code == 202
+    assert again.json["ingestion"] == {"count": 0}
+    (entry,) = again.json["documents"]
+    assert entry["id"] == first["id"] and entry["filename"] == "hedgehogs.txt" and entry["status"] == "ready"
+
+    # twice within one request: one new document, queued once, two entries
+    other = b"Moles have tiny eyes."
+    both = client.upload(alice, space["id"], (other, "a.txt"), (other, "b.txt"), (data, "c.txt"))
+    assert both.status_code == 202, both.json
+    a, b, c = both.json["documents"]
+    assert a["id"] == b["id"] and c["id"] == first["id"]
+    assert both.json["ingestion"] == {"count": 1}
+    client.ingested()
+    assert count_rows(client.app, Document) == 2
+    assert attempts_of(client.app, first["id"]) == 1  # never ingested again
+    assert get_document(client, alice, space["id"], a["id"])["status"] == "ready"
+
+    # other spaces are independent
+    elsewhere = client.space(alice, "Elsewhere")["id"]
+    copy = client.upload(alice, elsewhere, (data, "hedgehogs.txt"))
+    assert copy.json["ingestion"] == {"count": 1} and copy.json["documents"][0]["id"] != first["id"]
+
+
+def test_more_files_than_allowed_is_422_and_nothing_is_stored(client, alice, space):
+    limit = client.app.config["UPLOAD_MAX_FILES"]
+    files = [(f"File {i}.".encode(), f"f{i}.txt") for i in range(limit + 1)]
+
+    body = assert_error(client.upload(alice, space["id"], *files), 422, "too_many_files")
+    assert "files" in body["errors"]
+    assert count_rows(client.app, Document) == 0
+    assert client.upload(alice, space["id"], *files[:limit]).json["ingestion"] == {"count": limit}
+
+
+def test_the_body_must_be_multipart_with_files(client, alice, space):
+    assert_error(client.post(docs_url(space["id"]), json={"files": ["a.txt"]}, headers=alice.headers), 415,
+                 "unsupported_media_type")
+    assert_error(client.post(docs_url(space["id"]), data={"note": "no files"}, content_type="multipart/form-data",
+                             headers=alice.headers), 422)
+    assert count_rows(client.app, Document) == 0
+
+
+def test_an_empty_file_fails_as_empty_document(client, alice, space):
+    response = client.upload(alice, space["id"], (b"", "empty.txt"), (b"  \n\t ", "blank.md"))
+
+    assert response.status_code == 202, response.json
+    assert response.json["ingestion"] == {"count": 0}
+    for entry in response.json["documents"]:
+        assert entry["status"] == "failed" and entry["error"]["reason"] == "empty_document", entry
+
+
+def test_an_encrypted_pdf_fails_without_being_retried(client, alice, space):
+    data = (EVAL_DOCS / "pdf" / "unstructured" / "password.pdf").read_bytes()
+
+    document = client.document(alice, space["id"], data, "password.pdf", ready=False)
+
+    assert document["status"] == "failed", document
+    assert document["error"]["reason"] == "encrypted" and document["error"]["message"]
+    assert document["media_type"] == "application/pdf" and document["chunks"] == 0
+    assert attempts_of(client.app, document["id"]) == 1  # permanent: not retried
+    assert vectors(client.app, space["id"], document["id"]) == 0
+
+
+def test_a_pdf_with_more_pages_than_allowed_fails_with_too_many_pages(configured):
+    client, alice, space_id = configured(MAX_PAGES=2)
+
+    too_long = client.document(alice, space_id, pdf("One.", "Two.", "Three."), "three.pdf", ready=False)
+    assert too_long["status"] == "failed" and too_long["error"]["reason"] == "too_many_pages", too_long
+    assert "2" in too_long["error"]["message"]
+    assert client.document(alice, space_id, pdf("Page one.", "Page two."), "two.pdf")["pages"] == 2
+
+
+# --------------------------------------------------------------------------- chunks
+
+def test_a_chunk_is_the_passage_with_its_page(client, alice, bob, space):
+    space_id = client.space(alice, "Small chunks", settings={"chunk_size": 64, "chunk_overlap": 0})["id"]
+    red = " ".join(f"Red fact {i}." for i in range(40))
+    blue = " ".join(f"Blue fact {i}." for i in range(40))
+    document = client.document(alice, space_id, pdf(red, blue), "colours.pdf")
+    assert document["pages"] == 2 and document["chunks"] >= 4
+
+    ids = client.chunks(alice, space_id, document["id"])
+    chunks = []
+    for ordinal, chunk_id in enumerate(ids):
+        response = client.get(space_url(space_id, "chunks", chunk_id), headers=alice.headers)
+        assert response.status_code == 200, response.json
+        chunk = response.json
+        assert {"id", "document_id", "ordinal", "page", "text"} <= set(chunk)
+        assert (chunk["id"], chunk["document_id"], chunk["ordinal"]) == (chunk_id, document["id"], ordinal)
+        chunks.append(chunk)
+    for chunk in chunks:
+        assert chunk["text"].strip()
+        assert chunk["page"] == (1 if "Red" in chunk["text"] else 2), chunk
+    assert {c["page"] for c in chunks} == {1, 2}
+
+    # through another space, or an unknown id: not found
+    other = client.space(bob, "Bob's")["id"]
+    assert_error(client.get(space_url(other, "chunks", ids[0]), headers=bob.headers), 404, "chunk_not_found")
+    own = client.space(alice, "Alice's other")["id"]
+    assert_error(client.get(space_url(own, "chunks", ids[0]), headers=alice.headers), 404, "chunk_not_found")
+    assert_error(client.get(space_url(space_id, "chunks", uuid.uuid4()), headers=alice.headers), 404,
+                 "chunk_not_found")
+
+
+# --------------------------------------------------------------------------- delete and reindex
+
+def test_delete_removes_the_document_its_file_chunks_and_vectors(client, alice, space):
+    app, space_id = client.app, space["id"]
+    doomed = client.document(alice, space_id, prose("storms").encode(), "storms.txt")
+    kept = client.document(alice, space_id, prose("sunshine").encode(), "sun.txt")
+    chunk_ids = client.chunks(alice, space_id, doomed["id"])
+    assert vectors(app, space_id, doomed["id"]) == doomed["chunks"] > 0
+
+    response = client.delete(docs_url(space_id, doomed["id"]), headers=alice.headers)
+
+    assert response.status_code == 204
+    assert_error(client.get(docs_url(space_id, doomed["id"]), headers=alice.headers), 404, "document_not_found")
+    assert_error(client.get(docs_url(space_id, doomed["id"], "file"), headers=alice.headers), 404)
+    assert_error(client.get(space_url(space_id, "chunks", chunk_ids[0]), headers=alice.headers), 404)
+    assert_error(client.delete(docs_url(space_id, doomed["id"]), headers=alice.headers), 404, "document_not_found")
+    uid = uuid.UUID(doomed["id"])
+    assert count_rows(app, DocumentFile, document_id=uid) == 0
+    assert count_rows(app, Chunk, document_id=uid) == 0
+    assert vectors(app, space_id, doomed["id"]) == 0
+    # the other document is untouched
+    assert vectors(app, space_id) == vectors(app, space_id, kept["id"]) == kept["chunks"]
+    assert count_rows(app, Chunk, document_id=uuid.UUID(kept["id"])) == kept["chunks"]
+    # its bytes may be uploaded again as a new document
+    again = client.upload(alice, space_id, (prose("storms").encode(), "storms.txt"))
+    assert again.json["ingestion"] == {"count": 1} and again.json["documents"][0]["id"] != doomed["id"]
+
+
+def test_reindex_ingests_again_and_leaves_one_copy_of_each_chunk(client, alice, space):
+    app, space_id = client.app, space["id"]
+    document = client.document(alice, space_id, prose("tides").encode(), "tides.txt")
+    other = client.document(alice, space_id, prose("currents").encode(), "currents.txt")
+    before = assert_one_copy_of_each_chunk(app, space_id, document)
+
+    response = client.post(docs_url(space_id, document["id"], "reindex"), headers=alice.headers)
+
+    assert response.status_code == 202, response.json
+    assert response.json["id"] == document["id"] and response.json["status"] in ACCEPTED
+    client.ingested()
+    after = get_document(client, alice, space_id, document["id"])
+    assert after["status"] == "ready" and after["chunks"] == document["chunks"]
+    assert assert_one_copy_of_each_chunk(app, space_id, after) == before  # same ids: stable per ordinal
+    assert vectors(app, space_id) == document["chunks"] + other["chunks"]
+    assert attempts_of(app, document["id"]) == 2 and attempts_of(app, other["id"]) == 1
+
+    assert_error(client.post(docs_url(space_id, uuid.uuid4(), "reindex"), headers=alice.headers), 404,
+                 "document_not_found")
+
+
+def test_reindexing_a_space_ingests_every_kept_file_again(client, alice, space):
+    app, space_id = client.app, space["id"]
+    response = client.upload(alice, space_id, (prose("maple").encode(), "maple.txt"),
+                             (pdf("Oak leaves.", "Acorns."), "oak.pdf"), (PNG, "tree.png"))
+    client.ingested()
+    maple, oak, png = response.json["documents"]
+
+    reindex = client.post(space_url(space_id, "reindex"), headers=alice.headers)
+
+    assert reindex.status_code == 202, reindex.json
+    assert reindex.json == {"documents": 2}
+    client.ingested()
+    documents = {d["id"]: d for d in client.get(docs_url(space_id), headers=alice.headers).json}
+    for entry in (maple, oak):
+        assert documents[entry["id"]]["status"] == "ready"
+        assert attempts_of(app, entry["id"]) == 2
+        assert_one_copy_of_each_chunk(app, space_id, documents[entry["id"]])
+    assert documents[png["id"]]["status"] == "failed"  # nothing kept to reindex
+    assert vectors(app, space_id) == documents[maple["id"]]["chunks"] + documents[oak["id"]]["chunks"]
+
+    empty = client.space(alice, "Empty")["id"]
+    assert client.post(space_url(empty, "reindex"), headers=alice.headers).json == {"documents": 0}
+
+
+def test_deleting_a_space_drops_its_vectors(client, alice, space):
+    app = client.app
+    doomed = client.space(alice, "Doomed")["id"]
+    client.document(alice, doomed, prose("comets").encode(), "comets.txt")
+    kept = client.document(alice, space["id"], prose("comets").encode(), "comets.txt")
+    assert vectors(app, doomed) > 0
+
+    assert client.delete(space_url(doomed), headers=alice.headers).status_code == 204
+
+    assert vectors(app, doomed) == 0
+    assert vectors(app, space["id"]) == kept["chunks"]
+    assert count_rows(app, Document, space_id=uuid.UUID(doomed)) == 0
+    assert count_rows(app, Chunk, space_id=uuid.UUID(doomed)) == 0
+
+
+def test_a_space_created_under_other_plugins_must_be_reindexed(make_app):
+    """A space records its embedder (model, dimensions). A server with another embedder
+    setting never mixes vectors into it: ingestion fails `pipeline_changed` and a document
+    reindex answers 409 until the whole space is reindexed."""
+    before = ApiClient(make_app().test_client())
+    alice = before.user("alice@example.com", "Alice")
+    space_id = before.space(alice, "Old")["id"]
+    old = before.document(alice, space_id, prose("volcanoes").encode(), "volcanoes.txt")
+    recorded = before.get(space_url(space_id), headers=alice.headers).json["pipeline"]
+    assert recorded["embedder"]["dimensions"] == 64
+
+    after = ApiClient(make_app(PLUGINS={"EMBEDDER": {"HASHING": {"DIMENSIONS": 32}}}).test_client())
+    new = after.upload(alice, space_id, (prose("geysers").encode(), "geysers.txt")).json["documents"][0]
+    after.ingested()
+    failed = get_document(after, alice, space_id, new["id"])
+    assert failed["status"] == "failed" and failed["error"]["reason"] == "pipeline_changed", failed
+    assert "reindex" in failed["error"]["message"].lower()
+    assert_error(after.post(docs_url(space_id, old["id"], "reindex"), headers=alice.headers), 409,
+                 "pipeline_changed")
+    assert get_document(after, alice, space_id, old["id"])["status"] == "ready"  # untouched
+
+    reindex = after.post(space_url(space_id, "reindex"), headers=alice.headers)
+    assert reindex.status_code == 202 and reindex.json == {"documents": 2}
+    after.ingested()
+    for document_id in (old["id"], new["id"]):
+        document = get_document(after, alice, space_id, document_id)
+        assert document["status"] == "ready", document
+        assert_one_copy_of_each_chunk(after.app, space_id, document)
+    assert after.get(space_url(space_id), headers=alice.headers).json["pipeline"]["embedder"]["dimensions"] == 32
+    # and now the first configuration is the stranger
+    assert_error(before.post(docs_url(space_id, old["id"], "reindex"), headers=alice.headers), 409,
+                 "pipeline_changed")
+
+
+def test_a_document_deleted_while_it_is_ingested_leaves_nothing_behind(configured):
+    """The worker finishes embedding a document that was deleted meanwhile: its vectors are
+    taken back out and no chunk rows appear."""
+    client, alice, _ = configured(EMBED_BATCH_SIZE=1, PLUGINS={"EMBEDDER": {"HASHING": {"DELAY_MS": 40}}})
+    app = client.app
+    space_id = client.space(alice, "Small chunks", settings={"chunk_size": 64, "chunk_overlap": 0})["id"]
+    response = client.upload(alice, space_id, (prose("dunes", 60).encode(), "dunes.txt"))
+    document_id = response.json["documents"][0]["id"]
+    deadline = time.monotonic() + 30
+    while get_document(client, alice, space_id, document_id)["status"] != "embedding":
+        assert time.monotonic() < deadline, "the document never reached embedding"
+        time.sleep(0.01)
+
+    assert client.delete(docs_url(space_id, document_id), headers=alice.headers).status_code == 204
+    client.ingested()
+
+    assert vectors(app, space_id) == 0
+    assert count_rows(app, Chunk) == 0 and count_rows(app, Document) == 0
+
+
+# --------------------------------------------------------------------------- the worker
+
+def test_the_in_process_worker_picks_up_unfinished_documents_at_start(client, alice, space, make_app):
+    """A process that died mid-document leaves its row in `parsing` and its message lost
+    with the in-memory queue; the next process's worker re-enqueues it."""
+    space_id = space["id"]
+    stuck = client.document(alice, space_id, prose("lichen").encode(), "lichen.txt")
+    done = client.document(alice, space_id, prose("moss").encode(), "moss.txt")
+    chunks_before = chunk_rows(client.app, stuck["id"])
+    jobs(client.app).stop()
+    set_status(client.app, stuck["id"], "parsing", progress=0.0)
+
+    restarted = make_app()
+    picked = jobs(restarted).start_inprocess_worker()
+
+    assert picked == {uuid.UUID(stuck["id"])}
+    jobs(restarted).join()
+    document = get_document(ApiClient(restarted.test_client()), alice, space_id, stuck["id"])
+    assert document["status"] == "ready", document
+    assert assert_one_copy_of_each_chunk(restarted, space_id, document) == chunks_before
+    assert attempts_of(restarted, stuck["id"]) == 2 and attempts_of(restarted, done["id"]) == 1
+    assert jobs(restarted).start_inprocess_worker() == set()  # started once
+
+
+def test_ingesting_a_document_twice_leaves_one_copy_of_each_chunk(client, alice, space):
+    """A message delivered again after a worker died between writing vectors and marking
+    the document ready: the second run replaces, never duplicates."""
+    app, space_id = client.app, space["id"]
+    document = client.document(alice, space_id, prose("fjords").encode(), "fjords.txt")
+    rows = assert_one_copy_of_each_chunk(app, space_id, document)
+
+    for _ in range(2):
+        set_status(app, document["id"], "embedding")
+        with app.app_context():
+            pipeline.ingest(document["id"])
+        again = get_document(client, alice, space_id, document["id"])
+        assert again["status"] == "ready"
+        assert assert_one_copy_of_each_chunk(app, space_id, again) == rows
+    assert attempts_of(app, document["id"]) == 3
+
+    with app.app_context():  # a ready document is left alone
+        pipeline.ingest(document["id"])
+    assert attempts_of(app, document["id"]) == 3
+
+
+class FailingStore:
+    """A vector store plugin that wraps the real one and fails on ``upsert`` the first
+    ``times`` calls with ``error``."""
+
+    def __init__(self, real, error, times=10**6):
+        self.real, self.error, self.times, self.calls = real, error, times, 0
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def upsert(self, namespace, records):
+        self.calls += 1
+        if self.calls <= self.times:
+            raise self.error
+        return self.real.upsert(namespace, records)
+
+
+FAST_RETRIES = {"INGEST_MAX_RETRIES": 2, "INGEST_MIN_BACKOFF_MS": 10, "INGEST_MAX_BACKOFF_MS": 50}
+
+
+def test_a_permanent_plugin_error_fails_the_document_at_once(configured):
+    client, alice, space_id = configured(**FAST_RETRIES)
+    store = FailingStore(registry(client.app).vector_store, contracts.PluginError("quota exhausted",
+                                                                                 reason="quota_exhausted"))
+    registry(client.app).vector_store = store
+
+    document = client.document(alice, space_id, b"Words that will not be stored.", "a.txt", ready=False)
+
+    assert document["status"] == "failed" and document["error"] == {"reason": "quota_exhausted",
+                                                                    "message": "quota exhausted"}
+    assert store.calls == 1 and attempts_of(client.app, document["id"]) == 1
+    assert chunk_rows(client.app, document["id"]) == []
+
+
+def test_an_unexpected_error_is_retried_and_can_succeed(configured):
+    client, alice, space_id = configured(**FAST_RETRIES)
+    store = FailingStore(registry(client.app).vector_store, RuntimeError("connection reset"), times=1)
+    registry(client.app).vector_store = store
+
+    document = client.document(alice, space_id, prose("retries").encode(), "retry.txt")
+
+    assert store.calls == 2 and attempts_of(client.app, document["id"]) == 2
+    assert_one_copy_of_each_chunk(client.app, space_id, document)
+
+
+def test_an_unreachable_vector_store_is_retried_then_fails_upstream_unavailable(configured, unused_port):
+    """The real pgvector plugin pointed at a port nothing listens on: UpstreamUnavailable,
+    retried with backoff, then `failed` with its reason."""
+    url = f"postgresql+psycopg://nobody@127.0.0.1:{unused_port}/nothing"
+    client, alice, space_id = configured(VECTOR_STORE="pgvector", **FAST_RETRIES,
+                                         PLUGINS={"VECTOR_STORE": {"PGVECTOR": {"DATABASE_URL": url}}})
+
+    document = client.document(alice, space_id, b"Nowhere to store this.", "a.txt", ready=False)
+
+    assert document["status"] == "failed", document
+    assert document["error"]["reason"] == "upstream_unavailable"
+    assert attempts_of(client.app, document["id"]) == FAST_RETRIES["INGEST_MAX_RETRIES"] + 1
+    assert chunk_rows(client.app, document["id"]) == []
+
+    # requests that must remove vectors first answer 503 and change nothing
+    for response in (client.delete(docs_url(space_id, document["id"]), headers=alice.headers),
+                     client.post(space_url(space_id, "reindex"), headers=alice.headers),
+                     client.delete(space_url(space_id), headers=alice.headers)):
+        assert_error(response, 503, "upstream_unavailable")
+    assert get_document(client, alice, space_id, document["id"])["status"] == "failed"
+    assert count_rows(client.app, DocumentFile, document_id=uuid.UUID(document["id"])) == 1
+    assert client.get(space_url(space_id), headers=alice.headers).status_code == 200
