@@ -5,6 +5,8 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+# make run installs the plugins of the defaults; make test installs every plugin
+RUN_PLUGINS := plugins/spacio-pdf plugins/spacio-docx plugins/spacio-minilm plugins/spacio-pgvector
 PLUGINS := $(wildcard plugins/*/setup.cfg)
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
@@ -19,11 +21,11 @@ $(BIN)/python:
 
 # stamps: reinstall only when packaging metadata changed
 $(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml $(PLUGINS)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e . $(foreach p,$(PLUGINS),-e $(dir $(p)))
+	$(BIN)/pip install --quiet --disable-pip-version-check -e . $(foreach p,$(RUN_PLUGINS),-e $(p))
 	@touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]' $(foreach p,$(PLUGINS),-e $(dir $(p)))
 	@touch $@
 
 venv: $(VENV)/.installed

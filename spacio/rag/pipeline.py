@@ -92,10 +92,8 @@ def ingest(document_id, *, last_try=False):
                 metadata={"heading": c.heading, "page_end": c.page_end})
             for i, c in enumerate(chunks)
         ]
-        store = reg.vector_store
-        store.ensure_namespace(namespace, int(reg.embedder.dimensions))
-        store.delete_document(namespace, str(document_id))
-        store.upsert(namespace, records)
+        in_real_thread(_replace_vectors, reg.vector_store, namespace, int(reg.embedder.dimensions),
+                       str(document_id), records)
         _finish(document_id, space_id, namespace, chunks, tokens)
         log.info("ingested document %s: %d pages, %d chunks, %d tokens in %.1f s", document_id,
                  parsed.pages or 0, len(chunks), tokens, time.monotonic() - started)
@@ -158,6 +156,14 @@ def _embed(embedder, texts, document_id):
             _set(document_id, progress=round(0.95 * (start + batch) / len(texts), 3))
             last_report = time.monotonic()
     return np.concatenate(parts), tokens
+
+
+def _replace_vectors(store, namespace, dimensions, document_id, records):
+    """Delete the document's old vectors, then write the new ones (ids are stable, so a
+    crash between the two is repaired by the next run)."""
+    store.ensure_namespace(namespace, dimensions)
+    store.delete_document(namespace, document_id)
+    store.upsert(namespace, records)
 
 
 def _finish(document_id, space_id, namespace, chunks, tokens):

@@ -1,6 +1,7 @@
 """Ingestion with the production shape: PostgreSQL + pgvector, Redis, and real
 `dramatiq tasks` worker processes (started, SIGKILLed and restarted like a platform)."""
 
+import socket
 import time
 import uuid
 
@@ -40,6 +41,11 @@ def workers():
     yield start
     for worker in started:
         worker.kill()
+
+
+def port_is_free(port):
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
 
 
 def status(client, user, space_id, document_id):
@@ -109,15 +115,16 @@ def test_a_killed_worker_leaves_no_half_state(web, workers, tmp_path):
 
 def test_an_unreachable_service_is_retried_then_fails_with_its_reason(web, workers, tmp_path, unused_port):
     """A vector store that is down: transient, retried with backoff, then `failed`."""
+    grpc_port = next(port for port in range(unused_port + 1, unused_port + 100) if port_is_free(port))
     settings = {"EMBEDDER": "hashing", "VECTOR_STORE": "weaviate", "INGEST_MAX_RETRIES": 2,
                 "INGEST_MIN_BACKOFF_MS": 100, "INGEST_MAX_BACKOFF_MS": 300}
     plugin = {"PLUGINS": {"VECTOR_STORE": {"WEAVIATE": {"URL": f"http://127.0.0.1:{unused_port}",
-                                                         "GRPC_PORT": unused_port}}}}
+                                                         "GRPC_PORT": grpc_port}}}}
     client = web(**settings, **plugin)
     owner = client.user("owner@example.com")
     space_id = client.space(owner)["id"]
     workers(worker_env(tmp_path, **settings, PLUGINS__VECTOR_STORE__WEAVIATE__URL=f"http://127.0.0.1:{unused_port}",
-                       PLUGINS__VECTOR_STORE__WEAVIATE__GRPC_PORT=unused_port))
+                       PLUGINS__VECTOR_STORE__WEAVIATE__GRPC_PORT=grpc_port))
 
     document_id = client.upload(owner, space_id, (b"Plain words to index.", "a.txt")).json["documents"][0]["id"]
     failed = wait_for(lambda: (d := status(client, owner, space_id, document_id))["status"] == "failed" and d,
