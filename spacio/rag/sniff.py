@@ -55,11 +55,14 @@ _BY_EXTENSION = {
 # Signatures of common binary formats we do not parse. Most would also fail the text test
 # below; naming them makes the answer certain and cheap.
 _BINARY_MAGIC = (
-    b"\x89PNG", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"RIFF", b"BM", b"II*\x00", b"MM\x00*",
-    b"MZ", b"\x7fELF", b"\xca\xfe\xba\xbe", b"\xcf\xfa\xed\xfe", b"\x1f\x8b", b"BZh", b"\xfd7zXZ",
-    b"7z\xbc\xaf\x27\x1c", b"Rar!", b"\xd0\xcf\x11\xe0", b"\x00asm", b"OggS", b"fLaC", b"ID3",
-    b"\x1a\x45\xdf\xa3", b"SQLite format 3", b"wOFF", b"wOF2", b"%!PS", b"{\\rtf",
+    b"\x89PNG", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"\x7fELF", b"\xca\xfe\xba\xbe",
+    b"\xcf\xfa\xed\xfe", b"\x1f\x8b", b"\xfd7zXZ", b"7z\xbc\xaf\x27\x1c", b"\xd0\xcf\x11\xe0", b"\x00asm",
+    b"\x1a\x45\xdf\xa3", b"SQLite format 3", b"%!PS", b"{\\rtf",
 )
+# Signatures made of letters, which a text may also start with ("BMP receptor IA is ...",
+# "ID3 gene"): they mark a binary format only when binary bytes follow.
+_LETTER_MAGIC = (b"GIF87a", b"GIF89a", b"RIFF", b"BM", b"MZ", b"BZh", b"Rar!", b"OggS", b"fLaC", b"ID3",
+                 b"wOFF", b"wOF2")
 
 _BOMS = (  # UTF-32 first: its little-endian BOM starts with UTF-16's.
     (codecs.BOM_UTF32_LE, "utf-32-le"),
@@ -107,7 +110,7 @@ def sniff(data: bytes, filename: str = "") -> str | None:
         return PDF
     if data.startswith(b"PK\x03\x04"):
         return DOCX if _is_docx(data) else None
-    if data.startswith(_BINARY_MAGIC):
+    if data.startswith(_BINARY_MAGIC) or (data.startswith(_LETTER_MAGIC) and _CONTROL_BYTES.search(head)):
         return None
     if _looks_like_headerless_pdf(data):
         # A PDF whose "%PDF-" header was damaged; the PDF parser reports it as corrupt.

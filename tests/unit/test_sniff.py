@@ -291,3 +291,15 @@ def test_utf8_with_one_bad_byte_stays_utf8():
 
 def test_empty_bytes_decode_to_an_empty_string():
     assert decode_text(b"") == ""
+
+
+@pytest.mark.parametrize("start", [b"BMP receptor IA is required", b"MZ1 cells were", b"ID3 gene", b"BZh1 strain",
+                                   b"RIFF domains", b"OggS is a protein"])
+def test_text_that_starts_like_a_binary_signature_is_text(start):
+    """A SciFact abstract begins "BMP receptor IA ...": a text, not a BMP image."""
+    assert sniff(start + b" in mammalian neural crest cells for development.\n", "abstract.txt") == "text/plain"
+
+
+@pytest.mark.parametrize("magic", [b"BM", b"MZ", b"ID3", b"RIFF", b"GIF89a"])
+def test_letter_signatures_followed_by_binary_are_not_text(magic):
+    assert sniff(magic + b"\x00\x01\x02\x03\x90\x00\x00\x00" * 8, "file.txt") is None
