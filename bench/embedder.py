@@ -1,16 +1,19 @@
 """Throughput of the local embedder (spacio-minilm) on real abstracts.
 
 Embeds a fixed sample of SciFact abstracts (../shared/eval/retrieval/scifact/corpus.jsonl,
-title + abstract, most of them longer than the model's 256 tokens) the way the host does:
-calls of ``max_batch_size`` texts to ``embed_documents``. Each setting (intra-op threads
-x onnxruntime batch size x length bucketing on/off) runs in a fresh process, so peak RSS
-and first-load time are those of that setting alone. Also times single queries.
+title + abstract; most are longer than the model's 256 tokens, like the host's 256-token
+chunks) the way the host does: calls of ``max_batch_size`` texts to ``embed_documents``.
+Settings: intra-op threads x texts per onnxruntime run (fixed batch sizes, bucketed by
+length or in input order, and the plugin's default: runs sized by a padded-token budget).
+Each setting runs in a fresh process, so peak RSS and first-load time are its own. Also
+times single queries (SciFact claims).
 
 Prints a table and writes bench/results/embedder.json. Not a test: numbers, not asserts.
 Wall-clock numbers need an otherwise idle machine; each run records the load average and
 its CPU time, and passages per CPU-second stays comparable when the machine is busy.
 
-    .venv/bin/python bench/embedder.py [--passages 1000] [--batch-sizes 1 8 16 32] [--threads 1 2]
+    .venv/bin/python bench/embedder.py [--passages 1000] [--batch-sizes 1 8 16 32] [--budgets 256 512]
+                                       [--threads 1 2]
 """
 
 import argparse
@@ -64,7 +67,11 @@ def worker(args) -> dict:
     import_s = time.perf_counter() - start
     texts = sample(CORPUS, args.passages)
     baseline = rss_mib()
-    embedder = MiniLMEmbedder(batch_size=args.batch_size, threads=args.threads, bucketed=args.bucketed)
+    if args.batch_tokens:  # the plugin's own policy: runs of at most batch_tokens padded tokens
+        embedder = MiniLMEmbedder(batch_tokens=args.batch_tokens, threads=args.threads)
+    else:  # a fixed number of texts per run, whatever their length
+        embedder = MiniLMEmbedder(batch_size=args.batch_size, batch_tokens=10 ** 6, threads=args.threads,
+                                  bucketed=args.bucketed)
     start = time.perf_counter()
     embedder.embed_query("warm up: loads the tokenizer and the onnxruntime session")
     first_load_s = time.perf_counter() - start
@@ -81,7 +88,8 @@ def worker(args) -> dict:
     cpu = time.process_time() - cpu
 
     result = {
-        "threads": args.threads, "batch_size": args.batch_size, "bucketed": args.bucketed,
+        "threads": args.threads, "batch": f"{args.batch_tokens} tokens" if args.batch_tokens else args.batch_size,
+        "bucketed": args.bucketed,
         "passages": len(texts), "seconds": round(elapsed, 2),
         "passages_per_s": round(len(texts) / elapsed, 1), "tokens_per_s": round(tokens / elapsed),
         "tokens": tokens, "cpu_s": round(cpu, 2), "passages_per_cpu_s": round(len(texts) / cpu, 1),
@@ -135,10 +143,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--passages", type=int, default=1000)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 16, 32])
+    parser.add_argument("--budgets", type=int, nargs="*", default=[256, 512],
+                        help="padded tokens per run (the plugin's batch_tokens), bucketed")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--queries", type=int, default=200, help="single queries timed per thread count")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the runs already in bench/results/embedder.json, run only the missing settings")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--batch-tokens", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--bucketed", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -148,25 +161,31 @@ def main():
 
     runs = []
     out = ROOT / "bench" / "results" / "embedder.json"
+    if args.resume and out.exists():
+        runs = [r for r in json.loads(out.read_text())["runs"] if r["passages"] == args.passages]
+    done = {(r["threads"], str(r["batch"]), r["bucketed"]) for r in runs}
     for threads in args.threads:
-        for batch_size in args.batch_sizes:
-            # with one text per batch there is no padding: bucketing cannot change anything
-            for bucketed in ([1] if batch_size == 1 else [1, 0]):
-                queries = args.queries if batch_size == args.batch_sizes[0] else 0
-                command = [sys.executable, __file__, "--worker", "--passages", str(args.passages),
-                           "--threads", str(threads), "--batch-size", str(batch_size),
-                           "--bucketed", str(bucketed), "--queries", str(queries)]
-                result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-                if result.returncode != 0:
-                    print(f"threads={threads} batch={batch_size} bucketed={bool(bucketed)}: failed "
-                          f"(exit {result.returncode}): {result.stderr.strip()[-500:]}", flush=True)
-                    continue
-                run = json.loads(result.stdout.splitlines()[-1])
-                runs.append(run)
-                print(f"threads={threads} batch={batch_size:<3} bucketed={bool(bucketed)!s:<5} "
-                      f"{run['passages_per_s']:>6} passages/s {run['tokens_per_s']:>7} tokens/s "
-                      f"peak {run['rss_mib']['peak']:>6} MiB", flush=True)
-                write(out, report(runs))  # after every run: a long benchmark stopped midway keeps its numbers
+        settings = [(["--batch-tokens", str(b)], f"{b} tokens", True) for b in args.budgets]
+        for size in args.batch_sizes:
+            # with one text per run there is no padding: bucketing cannot change anything
+            for bucketed in ([1] if size == 1 else [1, 0]):
+                settings.append((["--batch-size", str(size), "--bucketed", str(bucketed)], size, bool(bucketed)))
+        for i, (flags, batch, bucketed) in enumerate(settings):
+            if (threads, str(batch), bucketed) in done:
+                continue
+            command = [sys.executable, __file__, "--worker", "--passages", str(args.passages),
+                       "--threads", str(threads), "--queries", str(args.queries if i == 0 else 0), *flags]
+            result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+            if result.returncode != 0:
+                print(f"threads={threads} batch={batch} bucketed={bucketed}: failed "
+                      f"(exit {result.returncode}): {result.stderr.strip()[-500:]}", flush=True)
+                continue
+            run = json.loads(result.stdout.splitlines()[-1])
+            runs.append(run)
+            print(f"threads={threads} batch={batch!s:<10} bucketed={bucketed!s:<5} "
+                  f"{run['passages_per_s']:>6} passages/s {run['tokens_per_s']:>7} tokens/s "
+                  f"peak {run['rss_mib']['peak']:>6} MiB", flush=True)
+            write(out, report(runs))  # after every run: a benchmark stopped midway keeps its numbers
     if not runs:
         sys.exit("no run succeeded")
     print_table(runs)
@@ -183,7 +202,7 @@ def report(runs: list[dict]) -> dict:
         "call_size": "max_batch_size texts per embed_documents call, as the host sends them",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "installed_mib": installed_mib(),
-        "best": {k: best[k] for k in ("threads", "batch_size", "bucketed", "passages_per_s", "tokens_per_s")},
+        "best": {k: best[k] for k in ("threads", "batch", "bucketed", "passages_per_s", "tokens_per_s")},
         "runs": runs,
     }
 
@@ -195,12 +214,12 @@ def write(out: Path, data: dict) -> None:
 
 def print_table(runs: list[dict]) -> None:
     print()
-    print(f"{'threads':>7}{'batch':>6}{'bucketed':>9}{'passages/s':>11}{'tokens/s':>10}{'pass/cpu-s':>11}"
+    print(f"{'threads':>7}{'batch':>11}{'bucketed':>9}{'passages/s':>11}{'tokens/s':>10}{'pass/cpu-s':>11}"
           f"{'load s':>8}{'peak MiB':>9}{'end MiB':>8}{'query p50 ms':>13}{'loadavg':>12}")
     for r in runs:
         query = r.get("query_ms", {}).get("p50", "")
         load = "/".join(str(x) for x in r["loadavg_1min"])
-        print(f"{r['threads']:>7}{r['batch_size']:>6}{str(r['bucketed']):>9}{r['passages_per_s']:>11}"
+        print(f"{r['threads']:>7}{str(r['batch']):>11}{str(r['bucketed']):>9}{r['passages_per_s']:>11}"
               f"{r['tokens_per_s']:>10}{r['passages_per_cpu_s']:>11}{r['first_load_s']:>8}{r['rss_mib']['peak']:>9}"
               f"{r['rss_mib']['end'] or '':>8}{query:>13}{load:>12}")
     print("loadavg: the machine's 1-minute load before/after the run (2 cores: above 2 means other work competed)")

@@ -28,12 +28,23 @@ MODEL = "sentence-transformers/all-MiniLM-L6-v2 (onnx int8)"
 DIMENSIONS = 384
 #: The sequence length all-MiniLM-L6-v2 was trained for (sentence-transformers' max_seq_length).
 MODEL_MAX_TOKENS = 256
-#: Texts per onnxruntime call. bench/embedder.py: 8 is the fastest for chunk-sized passages
-#: once batches are length-bucketed, and keeps the activations small.
-DEFAULT_BATCH_SIZE = 8
-#: Texts per embed_documents call the host sends at most: enough for bucketing to group
-#: similar lengths, small enough that one call stays well under a second of work.
+#: Padded tokens per onnxruntime run (texts x longest text). Measured on the 2-core box,
+#: CPU ms per text, 1 thread:     batch 1   2     4     8     16    32
+#:     16-token texts               7.4   6.4   5.6   5.1   4.7   4.8
+#:     64-token texts              20.6  18.7  18.6  22.1  23.7  31.5
+#:    128-token texts              45.8  40.3  46.5  44.9  50.1  50.8
+#:    258-token texts              85.4  81.3  91.3 108.6 130.3 144.6
+#: Past ~256-512 padded tokens a run gets slower per text (bigger attention tensors, worse
+#: cache use), below it the fixed cost per run dominates: so runs are sized in tokens.
+DEFAULT_BATCH_TOKENS = 256
+#: Texts per onnxruntime run at most, whatever their length.
+DEFAULT_BATCH_SIZE = 32
+#: Texts per embed_documents call the host sends at most: enough for short texts to fill
+#: runs; 64 chunks of 256 tokens take about 3 s on 2 cores.
 MAX_BATCH_SIZE = 64
+#: A text joins a run of longer texts only if it is at least this share of their length:
+#: a document's 2-3 chunks of unequal length ran 25 % slower padded together than alone.
+PADDING_TOLERANCE = 0.9
 
 
 def default_threads() -> int:
@@ -51,6 +62,7 @@ class MiniLMOptions(Schema):
     """``SPACIO_PLUGINS__EMBEDDER__LOCAL__<OPTION>``."""
 
     batch_size = fields.Integer(load_default=DEFAULT_BATCH_SIZE, validate=validate.Range(1, MAX_BATCH_SIZE))
+    batch_tokens = fields.Integer(load_default=DEFAULT_BATCH_TOKENS, validate=validate.Range(1, 1_000_000))
     threads = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(1, 256))
     max_tokens = fields.Integer(load_default=MODEL_MAX_TOKENS, validate=validate.Range(8, MODEL_MAX_TOKENS))
 
@@ -125,9 +137,11 @@ class MiniLMTokenizer:
 class MiniLMEmbedder:
     """all-MiniLM-L6-v2, int8 ONNX, on CPU.
 
-    ``embed_documents`` tokenizes all texts at once, sorts them by length, runs batches of
-    ``batch_size`` texts padded only to the longest text of the batch, and puts the vectors
-    back in input order, so padding wastes little work. Vectors are the mean of the token
+    ``embed_documents`` tokenizes all texts at once, sorts them by length (longest first),
+    cuts them into runs of at most ``batch_size`` texts and ``batch_tokens`` padded tokens
+    (a run is padded only to its longest text; a text longer than the budget runs alone),
+    and puts the vectors back in input order. Short texts thus share a run, long ones do
+    not, and padding wastes little work. Vectors are the mean of the token
     states over the attention mask, L2-normalised (the sentence-transformers recipe).
 
     ``max_tokens`` counts tokens as ``tokenizer.count`` does (without [CLS]/[SEP]): a text
@@ -141,17 +155,20 @@ class MiniLMEmbedder:
     dimensions = DIMENSIONS
     max_batch_size = MAX_BATCH_SIZE
 
-    def __init__(self, *, batch_size: int = DEFAULT_BATCH_SIZE, threads: int | None = None,
-                 max_tokens: int = MODEL_MAX_TOKENS, bucketed: bool = True) -> None:
+    def __init__(self, *, batch_size: int = DEFAULT_BATCH_SIZE, batch_tokens: int = DEFAULT_BATCH_TOKENS,
+                 threads: int | None = None, max_tokens: int = MODEL_MAX_TOKENS, bucketed: bool = True) -> None:
         """``bucketed=False`` (not a config option) keeps input order in batches; only
         the benchmark and the tests use it, to show what bucketing saves."""
         if not 1 <= batch_size <= MAX_BATCH_SIZE:
             raise ValueError(f"batch_size must be between 1 and {MAX_BATCH_SIZE}")
+        if batch_tokens < 1:
+            raise ValueError("batch_tokens must be at least 1")
         if not 8 <= max_tokens <= MODEL_MAX_TOKENS:
             raise ValueError(f"max_tokens must be between 8 and {MODEL_MAX_TOKENS}")
         if threads is not None and threads < 1:
             raise ValueError("threads must be at least 1")
         self.batch_size = batch_size
+        self.batch_tokens = batch_tokens
         self.threads = threads or default_threads()
         self.max_tokens = max_tokens
         self.bucketed = bucketed
@@ -161,8 +178,8 @@ class MiniLMEmbedder:
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return (f"MiniLMEmbedder(batch_size={self.batch_size}, threads={self.threads}, "
-                f"max_tokens={self.max_tokens})")
+        return (f"MiniLMEmbedder(batch_size={self.batch_size}, batch_tokens={self.batch_tokens}, "
+                f"threads={self.threads}, max_tokens={self.max_tokens})")
 
     # ------------------------------------------------------------------ loading
 
@@ -215,20 +232,38 @@ class MiniLMEmbedder:
         self._load()
         ids = [e.ids for e in self._encoder.encode_batch_fast(_clean(texts), add_special_tokens=True)]
         lengths = np.fromiter((len(i) for i in ids), dtype=np.int64, count=len(ids))
-        if self.bucketed:
-            # longest first: the first batch sizes onnxruntime's arena, later ones fit in it
-            order = np.argsort(-lengths, kind="stable")
-        else:
-            order = np.arange(len(ids))
         vectors = np.empty((len(ids), DIMENSIONS), dtype=np.float32)
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start:start + self.batch_size]
+        for rows in self._batches(lengths):
             vectors[rows] = self._run([ids[r] for r in rows], lengths[rows])
         np.divide(vectors, np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12), out=vectors)
         return Embeddings(vectors=vectors, tokens=int(lengths.sum()))
 
     def embed_query(self, text: str) -> Embeddings:
         return self.embed_documents([text])
+
+    def _batches(self, lengths: np.ndarray) -> list[np.ndarray]:
+        """Row indices of each run: consecutive texts (by length, longest first, when
+        bucketed) while the run stays within ``batch_size`` texts and ``batch_tokens``
+        padded tokens, and (bucketed) no text is padded by more than 10 %; always at least
+        one text."""
+        if self.bucketed:
+            # longest first: the first run sizes onnxruntime's arena, later ones fit in it
+            order = np.argsort(-lengths, kind="stable")
+        else:
+            order = np.arange(len(lengths))
+        batches, start = [], 0
+        while start < len(order):
+            end, width = start + 1, int(lengths[order[start]])
+            while end < len(order) and end - start < self.batch_size:
+                if self.bucketed and lengths[order[end]] < PADDING_TOLERANCE * width:
+                    break  # padding it to the run's width would cost more than running it alone
+                wider = max(width, int(lengths[order[end]]))
+                if (end - start + 1) * wider > self.batch_tokens:
+                    break
+                end, width = end + 1, wider
+            batches.append(order[start:end])
+            start = end
+        return batches
 
     def _run(self, ids: list[list[int]], lengths: np.ndarray) -> np.ndarray:
         """Mean-pooled (not yet normalised) vectors of one padded batch."""

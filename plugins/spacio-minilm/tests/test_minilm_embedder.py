@@ -106,7 +106,8 @@ def test_bucketing_gives_the_same_vectors_as_input_order(minilm):
     texts = [LONG[: 60 * k + 5] for k in range(1, 12)] + SENTENCES
     rng = np.random.default_rng(7)
     texts = [texts[i] for i in rng.permutation(len(texts))]
-    plain = MiniLMEmbedder(bucketed=False, batch_size=8).embed_documents(texts)
+    # input order, 8 texts a run whatever their lengths: lots of padding
+    plain = MiniLMEmbedder(bucketed=False, batch_size=8, batch_tokens=10 ** 6).embed_documents(texts)
     bucketed = minilm.embed_documents(texts)
     cosines = np.sum(plain.vectors * bucketed.vectors, axis=1)
     assert cosines.min() > 0.999
@@ -117,6 +118,26 @@ def test_batch_size_does_not_change_vectors(minilm):
     texts = SENTENCES + [LONG[:300], LONG[:900]]
     one = MiniLMEmbedder(batch_size=1).embed_documents(texts).vectors
     assert np.sum(one * minilm.embed_documents(texts).vectors, axis=1).min() > 0.999
+
+
+@pytest.mark.parametrize("batch_size,batch_tokens,bucketed", [(32, 256, True), (4, 100, True), (8, 10 ** 6, False),
+                                                               (1, 256, True), (64, 1, True)])
+def test_runs_respect_batch_size_and_token_budget(batch_size, batch_tokens, bucketed):
+    embedder = MiniLMEmbedder(batch_size=batch_size, batch_tokens=batch_tokens, bucketed=bucketed)
+    lengths = np.array([258, 20, 20, 258, 100, 130, 20, 5, 5, 5, 64, 3, 258, 12])
+    runs = embedder._batches(lengths)
+    assert sorted(np.concatenate(runs).tolist()) == list(range(len(lengths)))  # every text exactly once
+    for run in runs:
+        assert 1 <= len(run) <= batch_size
+        assert len(run) == 1 or len(run) * lengths[run].max() <= batch_tokens
+    if bucketed:  # longest first, so each run pads little
+        widths = [int(lengths[run].max()) for run in runs]
+        assert widths == sorted(widths, reverse=True)
+
+
+def test_short_texts_share_a_run_long_ones_do_not():
+    runs = MiniLMEmbedder()._batches(np.array([258] * 3 + [16] * 20))
+    assert [len(r) for r in runs] == [1, 1, 1, 16, 4]
 
 
 def test_tokenizer_counts_without_special_tokens_or_truncation():
@@ -169,11 +190,12 @@ def test_threads_option_reaches_onnxruntime():
 
 def test_options_schema():
     schema = MiniLMEmbedder.options_schema()
-    assert schema.load({}) == {"batch_size": 8, "threads": None, "max_tokens": 256}
-    options = schema.load({"batch_size": "16", "threads": "2", "max_tokens": "128"})
+    assert schema.load({}) == {"batch_size": 32, "batch_tokens": 256, "threads": None, "max_tokens": 256}
+    options = schema.load({"batch_size": "16", "batch_tokens": "1024", "threads": "2", "max_tokens": "128"})
     embedder = MiniLMEmbedder(**options)
-    assert (embedder.batch_size, embedder.threads, embedder.max_tokens) == (16, 2, 128)
-    for bad in ({"max_tokens": 257}, {"batch_size": 0}, {"threads": 0}, {"model": "other"}):
+    assert (embedder.batch_size, embedder.batch_tokens, embedder.threads, embedder.max_tokens) == (16, 1024, 2, 128)
+    for bad in ({"max_tokens": 257}, {"batch_size": 0}, {"batch_size": 65}, {"batch_tokens": 0}, {"threads": 0},
+                {"model": "other"}):
         with pytest.raises(ValidationError):
             schema.load(bad)
     with pytest.raises(ValueError):
