@@ -47,13 +47,14 @@ def create_app(config=None, **overrides):
     _init_request_hooks(app)
 
     from spacio.auth.routes import blp as auth_blp
+    from spacio.chat.routes import blp as chat_blp
     from spacio.documents.routes import blp as documents_blp
     from spacio.invites.routes import blp as invites_blp
     from spacio.ops import blp as ops_blp
     from spacio.rag.routes import blp as plugins_blp
     from spacio.spaces.routes import blp as spaces_blp
 
-    for blp in (auth_blp, spaces_blp, invites_blp, documents_blp, plugins_blp):
+    for blp in (auth_blp, spaces_blp, invites_blp, documents_blp, chat_blp, plugins_blp):
         api.register_blueprint(blp)
     app.register_blueprint(ops_blp)
 
@@ -83,6 +84,10 @@ def _init_database(app):
         def _sqlite_pragmas(dbapi_connection, _record):
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
+            # WAL's recommended sync level: a commit no longer waits for an fsync (the WAL is
+            # synced at checkpoints), the file is never corrupted, and only a power cut can
+            # lose the last commits. Ingestion commits 3 times a document: 5 ms each with FULL.
+            cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
             cursor.execute("PRAGMA foreign_keys=ON")  # ON DELETE CASCADE, as on Postgres
             cursor.close()
