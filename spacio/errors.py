@@ -123,6 +123,13 @@ class Unavailable(SpacioError):
     reason = "service_unavailable"
 
 
+class PluginFailed(SpacioError):
+    """A plugin failed in a way a retry will not fix (API.md: 502 ``plugin_error``)."""
+
+    code = 502
+    reason = "plugin_error"
+
+
 def handle_spacio_error(error):
     return error.to_response()
 

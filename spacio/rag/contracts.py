@@ -1,6 +1,7 @@
 """The plugin contract: one Protocol per kind, frozen dataclasses in and out, and the
-errors a plugin may raise. This module and ``spacio.testing`` are the whole API a
-plugin author needs; nothing else in ``spacio`` is meant for plugins.
+errors a plugin may raise. This module, ``spacio.rag.prompts`` (how a chat model is
+given the rules and the fenced passages) and ``spacio.testing`` are the whole API a plugin
+author needs; nothing else in ``spacio`` is meant for plugins.
 
 Kinds and their entry-point groups (the entry-point name is the config value):
 
@@ -267,7 +268,12 @@ class Usage:
 
 @runtime_checkable
 class Generator(Protocol):
-    """``spacio.generators``: yields the answer as text pieces, then one ``Usage``."""
+    """``spacio.generators``: yields the answer as text pieces, then one ``Usage``.
+
+    A generator that computes locally may set the class attribute ``cpu_bound = True``: the
+    host then advances its stream on a real thread, off the gevent hub (so it must not use
+    Flask's context). Remote ones (an HTTP API) run on the request's greenlet. Closing the
+    iterator must stop the generation (and close any HTTP stream)."""
 
     def stream(self, prompt: Prompt) -> Iterator[str | Usage]: ...
 
