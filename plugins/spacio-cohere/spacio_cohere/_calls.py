@@ -15,6 +15,13 @@ from typing import Any, Callable, TypeVar
 import cohere
 import httpx
 from cohere.core.api_error import ApiError
+
+# ``cohere.ClientV2`` imports the SDK's client (hundreds of modules, 0.5-1.3 s measured
+# here) lazily, on first use. Importing it by name does that with the plugin, which the
+# host imports at startup, rather than inside the first request, where it would stall
+# every other stream of a gevent worker for that long. (No network: not the I/O the
+# contract forbids.)
+from cohere.client_v2 import ClientV2
 from marshmallow import Schema, ValidationError, fields, post_load, validate
 
 from spacio.rag.contracts import InvalidInput, PluginError, UpstreamUnavailable
@@ -61,12 +68,15 @@ class CohereCaller:
     """Owns the lazily created ``cohere.ClientV2`` and runs calls with retries."""
 
     def __init__(self, *, api_key: str, base_url: str | None, timeout: float, max_retries: int,
-                 backoff: float, sleep: Callable[[float], None] = time.sleep):
+                 backoff: float, max_sleep: float = MAX_SLEEP, sleep: Callable[[float], None] = time.sleep):
         self.api_key = api_key
         self.base_url = base_url.rstrip("/") if base_url else None
         self.timeout = timeout
         self.max_retries = max_retries
         self.backoff = backoff
+        #: the longest wait before a retry; a longer Retry-After goes to the host instead.
+        #: Plugins on a request path (chat, rerank) pass less: a person is waiting.
+        self.max_sleep = max_sleep
         self._sleep = sleep
         self._client: cohere.ClientV2 | None = None
         self._lock = threading.Lock()
@@ -77,7 +87,7 @@ class CohereCaller:
         if self._client is None:
             with self._lock:
                 if self._client is None:
-                    self._client = cohere.ClientV2(
+                    self._client = ClientV2(
                         api_key=self.api_key,
                         # None means Cohere's production URL. Passing it explicitly also stops
                         # the SDK from reading CO_API_URL (it does that once, at import).
@@ -94,13 +104,16 @@ class CohereCaller:
     def call(self, what: str, fn: Callable[[cohere.ClientV2], T]) -> T:
         """Run ``fn(client)``; retry what is worth retrying with exponential backoff (or the
         server's Retry-After), then raise ``UpstreamUnavailable``. ``what`` names the
-        operation in messages ("embed", "chat", "rerank")."""
+        operation in messages ("embed", "chat", "rerank"). ``fn`` may itself raise
+        ``UpstreamUnavailable`` (a failure it read from a 200 response) to be retried too."""
         attempt = 0
         while True:
             try:
                 return fn(self.client)
             except (ApiError, httpx.TransportError) as exc:
                 cause, error = exc, map_error(what, exc)
+            except UpstreamUnavailable as exc:
+                cause, error = exc.__cause__, exc
             except (TypeError, AttributeError, KeyError) as exc:
                 # the SDK choked on a 2xx body of the wrong shape (JSON, but not Cohere's: a
                 # misconfigured proxy); logged with its traceback in case it is our bug instead
@@ -112,7 +125,7 @@ class CohereCaller:
                 raise error from cause
             if error.retry_after is None:
                 delay = self._backoff(attempt)
-            elif error.retry_after <= MAX_SLEEP:
+            elif error.retry_after <= self.max_sleep:
                 delay = error.retry_after
             else:
                 raise error from cause
@@ -123,7 +136,7 @@ class CohereCaller:
 
     def _backoff(self, attempt: int) -> float:
         # exponential with +-25 % jitter, so workers throttled together do not retry together
-        return min(self.backoff * 2 ** attempt * random.uniform(0.75, 1.25), MAX_SLEEP)
+        return min(self.backoff * 2 ** attempt * random.uniform(0.75, 1.25), self.max_sleep)
 
 
 def map_error(what: str, exc: ApiError | httpx.TransportError) -> PluginError:

@@ -11,7 +11,10 @@ off half-way), so retry and error handling are exercised against real HTTP.
 Answers are deterministic and meaningful enough to assert on:
 
 - embeddings are a signed hashed bag of words (similar texts get similar vectors);
-- chat answers ``chat_reply`` when set, otherwise echoes the last user message;
+- chat answers ``chat_reply`` when set, otherwise echoes the last user message; streamed,
+  it sends the real API's frames (message-start, content-start, one content-delta per
+  word, content-end, message-end with ``finish_reason`` and ``usage``) and records how
+  many it wrote and how the stream ended (``Recorded.sent_events``, ``stream_end``);
 - rerank scores are the share of the query's words found in each document.
 
 Errors use Cohere's error body, ``{"id": ..., "message": ...}``.
@@ -92,6 +95,10 @@ class Recorded:
     body: Any
     status: int = 0
     response: Any = None
+    #: streamed chats only: events written to the socket, and how the stream ended:
+    #: "complete", "cut" (the stand-in dropped it), "client_closed" (the client went away)
+    sent_events: int = 0
+    stream_end: str | None = None
 
 
 @dataclass
@@ -121,9 +128,18 @@ class CohereStandIn:
     chat_reply: str | None = None
     #: seconds each of the next requests sleeps before answering (to trigger client timeouts)
     stalls: deque = field(default_factory=deque)
-    #: a streamed chat is cut off (connection closed) after this many events
+    #: a streamed chat is cut off (connection closed) after this many events; the first
+    #: two are message-start and content-start, so ``2 + k`` drops it after k deltas
     cut_stream_after: int | None = None
     stream_delay: float = 0.0  # seconds between streamed events
+    #: ``(k, seconds)``: sleep before the k-th streamed event (0-based), to time a client out mid-stream
+    stream_pause: tuple[int, float] | None = None
+    #: after this many deltas, end the stream the way the API reports an in-band failure:
+    #: message-end with ``finish_reason`` ``chat_error_reason`` and an ``error`` message
+    chat_error_after: int | None = None
+    chat_error_reason: str = "ERROR"
+    #: replaces the chat ``usage`` object (e.g. ``{}``: a proxy that drops the counts)
+    chat_usage: dict | None = None
     #: embed models served: id -> (dimensions, allowed output_dimension values or None)
     embed_models: dict = field(default_factory=lambda: dict(EMBED_MODELS))
 
@@ -188,6 +204,10 @@ class CohereStandIn:
         self.embed_models = dict(EMBED_MODELS)
         self.cut_stream_after = None
         self.stream_delay = 0.0
+        self.stream_pause = None
+        self.chat_error_after = None
+        self.chat_error_reason = "ERROR"
+        self.chat_usage = None
 
     def calls(self, path: str) -> list[Recorded]:
         return [r for r in self.requests if r.path == path]
@@ -329,20 +349,26 @@ class CohereStandIn:
         if messages[-1].get("role") not in ("user", "tool"):
             raise CohereError(400, "invalid request: the last message must be from the user or a tool")
         temperature = body.get("temperature")
-        if temperature is not None and not (isinstance(temperature, (int, float)) and 0 <= temperature <= 1):
-            raise CohereError(400, "invalid request: temperature must be between 0 and 1")
+        # the v2 reference only says "a non-negative float" (default 0.3)
+        if temperature is not None and not (isinstance(temperature, (int, float)) and temperature >= 0):
+            raise CohereError(400, "invalid request: temperature must be a non-negative number")
         max_tokens = body.get("max_tokens")
         if max_tokens is not None and not (isinstance(max_tokens, int) and max_tokens > 0):
             raise CohereError(400, "invalid request: max_tokens must be a positive integer")
 
         reply = self.chat_reply if self.chat_reply is not None else f"You said: {last_user}"
         pieces = re.findall(r"\S+\s*|\s+", reply)
-        finish_reason = "COMPLETE"
+        finish_reason, error = "COMPLETE", None
         if max_tokens is not None and len(pieces) > max_tokens:
             pieces, finish_reason = pieces[:max_tokens], "MAX_TOKENS"
+        if body.get("stream") and self.chat_error_after is not None and len(pieces) > self.chat_error_after:
+            pieces, finish_reason = pieces[:self.chat_error_after], self.chat_error_reason
+            error = "internal error: the model stopped unexpectedly"
         text = "".join(pieces)
         usage = {"billed_units": {"input_tokens": prompt_tokens, "output_tokens": len(pieces)},
                  "tokens": {"input_tokens": prompt_tokens + 7, "output_tokens": len(pieces) + 1}}
+        if self.chat_usage is not None:
+            usage = self.chat_usage
         message_id = str(uuid.uuid4())
         if not body.get("stream"):
             return self._json(record, {
@@ -360,22 +386,33 @@ class CohereStandIn:
             *({"type": "content-delta", "index": 0, "delta": {"message": {"content": {"text": piece}}}}
               for piece in pieces),
             {"type": "content-end", "index": 0},
-            {"type": "message-end", "delta": {"finish_reason": finish_reason, "usage": usage}},
+            {"type": "message-end",
+             "delta": {"finish_reason": finish_reason, "usage": usage, **({"error": error} if error else {})}},
         ]
         record.status = 200
         record.response = events
-        return Response(self._sse(events), status=200, content_type="text/event-stream",
+        return Response(self._sse(events, record), status=200, content_type="text/event-stream",
                         headers={"Cache-Control": "no-cache"}, direct_passthrough=True)
 
-    def _sse(self, events: list[dict]) -> Iterator[bytes]:
-        cut = self.cut_stream_after
-        for n, event in enumerate(events):
-            if cut is not None and n >= cut:
-                # a dropped connection: end the chunked body without its terminating chunk
-                raise ConnectionAbortedError("stand-in cut the stream")
-            if self.stream_delay:
-                time.sleep(self.stream_delay)
-            yield f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
+    def _sse(self, events: list[dict], record: Recorded) -> Iterator[bytes]:
+        cut, pause, delay = self.cut_stream_after, self.stream_pause, self.stream_delay
+        try:
+            for n, event in enumerate(events):
+                if cut is not None and n >= cut:
+                    # a dropped connection: end the chunked body without its terminating chunk
+                    record.stream_end = "cut"
+                    raise ConnectionAbortedError("stand-in cut the stream")
+                if delay:
+                    time.sleep(delay)
+                if pause is not None and n == pause[0]:
+                    time.sleep(pause[1])
+                yield f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
+                record.sent_events += 1
+            record.stream_end = "complete"
+        except GeneratorExit:
+            # the server closes the body when a write fails: the client hung up
+            record.stream_end = "client_closed"
+            raise
 
     # ------------------------------------------------------------------ /v2/rerank
 
