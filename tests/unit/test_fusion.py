@@ -1,7 +1,7 @@
 import pytest
 
 from spacio.rag.contracts import Hit
-from spacio.rag.fusion import reciprocal_rank_fusion
+from spacio.rag.fusion import fuse, reciprocal_rank_fusion
 
 
 def hits(*ids, score=0.5, text=""):
@@ -70,3 +70,55 @@ def test_empty_inputs():
     assert reciprocal_rank_fusion([], limit=5) == []
     assert reciprocal_rank_fusion([[], []], limit=5) == []
     assert [h.id for h in reciprocal_rank_fusion([[], hits("a")], limit=5)] == ["a"]
+
+
+# --------------------------------------------------------------------------- fuse: convex and document evidence
+
+def scored(*pairs, document=None):
+    """Hits from (id, score) pairs; each its own document unless ``document`` is given."""
+    return [Hit(id=i, document_id=document or f"doc-{i}", ordinal=n, text=i, score=s)
+            for n, (i, s) in enumerate(pairs)]
+
+
+def test_convex_fusion_sums_min_max_normalised_scores():
+    vector = scored(("a", 0.9), ("b", 0.7), ("c", 0.5))  # -> 1.0, 0.5, 0.0
+    keyword = scored(("b", 30.0), ("d", 10.0))  # -> 1.0, 0.0
+    fused = fuse([vector, keyword], method="convex", weights=[0.5, 0.5], limit=10)
+    assert {h.id: h.score for h in fused} == pytest.approx({"a": 0.5, "b": 0.75, "c": 0.0, "d": 0.0})
+    assert [h.id for h in fused][:2] == ["b", "a"]
+
+
+def test_convex_fusion_keeps_score_gaps_that_ranks_lose():
+    # keyword: "a" far ahead of "b"; vector: "b" barely ahead of "a". RRF calls it a tie.
+    vector = scored(("b", 0.80), ("a", 0.79), ("z", 0.30))
+    keyword = scored(("a", 25.0), ("b", 5.0), ("y", 4.0))
+    assert fuse([vector, keyword], method="convex", limit=1)[0].id == "a"
+    rrf = fuse([vector, keyword], method="rrf", limit=2)
+    assert rrf[0].score == pytest.approx(rrf[1].score)
+
+
+def test_convex_fusion_of_a_list_with_equal_scores_counts_them_all_as_best():
+    fused = fuse([scored(("a", 3.0), ("b", 3.0))], method="convex", limit=5)
+    assert [h.score for h in fused] == [1.0, 1.0]
+
+
+def test_document_evidence_joins_chunks_of_one_document_found_by_different_lists():
+    # the vector search found chunk 1 of "paper", the keyword search chunk 2 of it; "other"
+    # is found by both lists but lower in each
+    vector = [Hit("paper-1", "paper", 0, "", 0.9), Hit("other-1", "other", 0, "", 0.8), Hit("x", "x", 0, "", 0.1)]
+    keyword = [Hit("paper-2", "paper", 1, "", 9.0), Hit("other-1", "other", 0, "", 8.0), Hit("y", "y", 0, "", 1.0)]
+    chunk_level = fuse([vector, keyword], method="convex", limit=3)
+    assert chunk_level[0].id == "other-1"
+    document_level = fuse([vector, keyword], method="convex", document_weight=1.0, limit=3)
+    assert document_level[0].document_id == "paper"
+    half = fuse([vector, keyword], method="convex", document_weight=0.5, limit=5)
+    assert {h.id: h.score for h in half}["paper-1"] == pytest.approx(0.5 * 1.0 + 0.5 * (1.0 + 1.0))
+
+
+def test_fuse_rejects_bad_arguments():
+    with pytest.raises(ValueError):
+        fuse([hits("a")], method="borda", limit=1)
+    with pytest.raises(ValueError):
+        fuse([hits("a")], document_weight=1.5, limit=1)
+    with pytest.raises(ValueError):
+        fuse([hits("a")], k=-1, limit=1)

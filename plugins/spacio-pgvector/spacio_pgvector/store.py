@@ -108,6 +108,10 @@ class PgVectorStore:
     """Vectors and keyword search in PostgreSQL with pgvector. Thread- and greenlet-safe."""
 
     options_schema = PgVectorStoreOptions
+    # Its calls wait on PostgreSQL, which cooperates with gevent once patched; the pool's
+    # locks and queues are then greenlets', so the host must call it on the hub, never from
+    # a real thread (spacio.rag.retrieval: psycopg_pool fails to grow from one).
+    cpu_bound = False
 
     def __init__(self, database_url: str, min_pool_size: int = 1, max_pool_size: int = 10,
                  pool_timeout: float = 30.0, ef_search: int = 200, hnsw_m: int = 16,
