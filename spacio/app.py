@@ -53,8 +53,9 @@ def create_app(config=None, **overrides):
     from spacio.ops import blp as ops_blp
     from spacio.rag.routes import blp as plugins_blp
     from spacio.spaces.routes import blp as spaces_blp
+    from spacio.usage.routes import blp as usage_blp
 
-    for blp in (auth_blp, spaces_blp, invites_blp, documents_blp, chat_blp, plugins_blp):
+    for blp in (auth_blp, spaces_blp, invites_blp, documents_blp, chat_blp, usage_blp, plugins_blp):
         api.register_blueprint(blp)
     app.register_blueprint(ops_blp)
 

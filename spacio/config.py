@@ -72,7 +72,7 @@ class Defaults:
     CHUNKER = "recursive"
     EMBEDDER = "local"
     VECTOR_STORE = None  # default: local on SQLite, pgvector on PostgreSQL
-    GENERATOR = None
+    GENERATOR = "extractive"
     RERANKER = None
 
     # documents and ingestion
@@ -91,6 +91,29 @@ class Defaults:
     # maintenance pass runs; Dramatiq's defaults (60 s, 0.1 % per fetch) take minutes
     BROKER_HEARTBEAT_TIMEOUT_MS = 10_000
     BROKER_MAINTENANCE_CHANCE = 200_000  # out of 1,000,000 fetches
+
+    # answers
+    SEARCH_TOP_K = 10  # hits /search and answers use when the request (or the space) sets none
+    # grounded: the question's best cosine to a chunk reaches this (calibrated for the default `local`
+    # embedder: bench/quality.py --calibrate; other embedders have other cosine scales)
+    GROUNDED_MIN_SIMILARITY = 0.39
+    GROUNDED_MIN_KEYWORD_COVERAGE = 0.55  # mode=keyword (no embedding): share of the question's words in a hit
+    # the prompt (spacio/rag/answering.py): passages in rank order while their estimated tokens
+    # (spacio.rag.prompts.estimate_tokens) fit; the generator's answer length limit
+    ANSWER_CONTEXT_TOKENS = 3000
+    ANSWER_MAX_TOKENS = 1024
+    # hybrid search (spacio/rag/retrieval.py; tuned on SciFact train with bench/quality.py --tune)
+    SEARCH_CANDIDATES = 100  # hits the vector and the keyword search each contribute (at least top_k)
+    SEARCH_FUSION = "convex"  # "convex": weighted sum of min-max normalised scores; "rrf": reciprocal ranks
+    SEARCH_VECTOR_WEIGHT = 0.4  # the vector list's weight; the keyword list's is 1 - this
+    SEARCH_DOCUMENT_WEIGHT = 0.5  # share of a chunk's score from its document's best chunk in each list
+    SEARCH_RRF_K = 60  # "rrf" only
+    RERANK_CANDIDATES = 50  # fused hits a reranker (SPACIO_RERANKER) reorders
+    ASK_RATE_LIMIT = "120 per minute"  # /query and /chat calls per user (each may call a paid generator)
+    CHAT_HISTORY_TURNS = 6  # last messages of a conversation (questions and answers) a chat's prompt carries
+    CHAT_MEMORY_TTL_S = 24 * 3600  # Redis keeps a conversation's last messages this long after its last turn
+    CHAT_MEMORY_TIMEOUT_S = 0.2  # Redis socket timeouts of the chat memory; slower = read the database
+    CHAT_MEMORY_RETRY_S = 10  # after a Redis error the chat memory reads the database for this long
 
     # OpenAPI: spec at /api/v1/openapi.json, Swagger UI at /docs, ReDoc at /redoc, all local
     API_TITLE = "Spacio"

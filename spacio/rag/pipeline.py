@@ -23,10 +23,11 @@ from sqlalchemy import delete, insert, select, update
 from spacio.concurrency import in_real_thread
 from spacio.db import utcnow
 from spacio.documents.models import Chunk, Document, DocumentFile
-from spacio.errors import Unavailable
+from spacio.errors import PluginFailed, Unavailable
 from spacio.extensions import db
 from spacio.rag import contracts, registry
 from spacio.spaces.models import Space
+from spacio.usage.services import record_ingestion
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +183,7 @@ def _finish(document_id, space_id, namespace, chunks, tokens):
          "text": c.text, "tokens": c.tokens}
         for c in chunks
     ])
+    record_ingestion(document_id, tokens)  # the uploader's usage: embedding tokens of this run
     db.session.commit()
 
 
@@ -206,15 +208,19 @@ def forget_space(space_id):
     _in_request(registry().vector_store.drop_namespace, str(space_id))
 
 
-def _in_request(call, *args):
-    """A vector store call a request waits for: a store that is down answers 503 with the
-    one error body (API.md), not a 500, and the request changes nothing."""
+def _in_request(call, *args, what="The vector store", **kwargs):
+    """A plugin call a request waits for: a service that is down answers 503 with the one
+    error body (API.md), any other plugin failure 502 ``plugin_error``, never a 500; the
+    request changes nothing."""
     try:
-        return call(*args)
+        return call(*args, **kwargs)
     except contracts.UpstreamUnavailable as exc:
         headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else None
-        raise Unavailable(f"The vector store is unavailable: {exc.message}", reason=exc.reason,
+        raise Unavailable(f"{what} is unavailable: {exc.message}", reason=exc.reason,
                           headers=headers) from exc
+    except contracts.PluginError as exc:
+        log.warning("%s failed: %s (%s)", what, exc.message, exc.reason)
+        raise PluginFailed(f"{what} failed: {exc.message}", reason="plugin_error") from exc
 
 
 def adopt_if_unrecorded(space):

@@ -55,6 +55,16 @@ ENDPOINTS = [
     Endpoint("POST", "/spaces/{space_id}/documents/{document_id}/reindex", "editor", ok=202),
     Endpoint("POST", "/spaces/{space_id}/reindex", "editor", ok=202),
     Endpoint("GET", "/spaces/{space_id}/chunks/{chunk_id}", "viewer", ok=200),
+    Endpoint("POST", "/spaces/{space_id}/search", "viewer", {"query": "isolation"}, ok=200),
+    Endpoint("POST", "/spaces/{space_id}/query", "viewer", {"question": "Is isolation tested on every endpoint?"},
+             ok=200),
+    Endpoint("POST", "/spaces/{space_id}/chat", "viewer", {"message": "Is isolation tested on every endpoint?"},
+             ok=200),
+    Endpoint("GET", "/spaces/{space_id}/conversations", "viewer", ok=200),
+    # a conversation is its starter's own: {conversation_id} is the viewer's
+    Endpoint("GET", "/spaces/{space_id}/conversations/{conversation_id}/messages", "viewer", ok=200),
+    Endpoint("PATCH", "/spaces/{space_id}/conversations/{conversation_id}", "viewer", {"title": "Renamed"}, ok=200),
+    Endpoint("DELETE", "/spaces/{space_id}/conversations/{conversation_id}", "viewer", ok=204),
 ]
 
 
@@ -101,6 +111,10 @@ def scene(client):
     document = client.document(owner, space_id, b"Isolation is tested on every endpoint.", "note.txt")
     chunk_id = client.chunks(owner, space_id, document["id"])[0]
     ids.update(document_id=document["id"], chunk_id=chunk_id)
+    response = client.post(space_url(space_id, "chat"), json={"message": "Hello"},
+                           headers=members["viewer"].headers)
+    assert response.status_code == 200, response.json
+    ids["conversation_id"] = response.json["conversation_id"]
     return Scene(owner, members, outsider, ids)
 
 

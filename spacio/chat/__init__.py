@@ -1,0 +1,1 @@
+"""Asking: semantic search, stateless questions, chats with history, conversations."""

@@ -1,0 +1,1 @@
+"""Usage: the tokens and requests each user spends, per space (GET /api/v1/usage)."""
