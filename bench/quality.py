@@ -472,7 +472,8 @@ def main():
             print(f"wrote {out.relative_to(ROOT)}")
     finally:
         server.stop()
-        print(f"instance kept: {instance} (reuse with --instance)")
+        if args.backend == "embedded":
+            print(f"instance kept: {instance} (reuse with --instance)")
 
 
 def search_settings(env_extra):

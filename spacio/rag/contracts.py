@@ -16,6 +16,12 @@ generator      ``spacio.generators``   ``SPACIO_GENERATOR``
 reranker       ``spacio.rerankers``    ``SPACIO_RERANKER`` (optional)
 =============  ======================  ==============================================
 
+Where a plugin's calls run under gevent: a plugin is assumed to compute (``cpu_bound``
+true, the default), and the host calls it on a real thread, off the gevent hub. A plugin
+whose calls only wait on the network through gevent-friendly I/O sets the class attribute
+``cpu_bound = False`` and is called on the request's greenlet (pgvector: psycopg_pool cannot
+grow from a real thread under gevent). Generators default the other way: see ``Generator``.
+
 An entry point names a class (or any callable) that the host calls with the plugin's
 options as keyword arguments. Options come from ``SPACIO_PLUGINS__<KIND>__<NAME>__<OPTION>``
 and are validated by the class attribute ``options_schema`` (a marshmallow Schema class)
