@@ -21,7 +21,7 @@ def installed(kind):
 
 def expected_selection(app):
     return {"parser": set(installed("parser")), "chunker": {"recursive"}, "embedder": {"hashing"},
-            "vector_store": {app.config["VECTOR_STORE"]}, "generator": set(), "reranker": set()}
+            "vector_store": {app.config["VECTOR_STORE"]}, "generator": {"extractive"}, "reranker": set()}
 
 
 def test_plugins_lists_every_kind_with_versions_and_the_selected_ones(client, alice):
