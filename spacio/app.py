@@ -4,6 +4,7 @@ import os
 import re
 import uuid
 
+import sqlalchemy.exc
 from flask import Flask, g, request
 from sqlalchemy import event
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -44,6 +45,7 @@ def create_app(config=None, **overrides):
     api.init_app(app)
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
     app.register_error_handler(errors.SpacioError, errors.handle_spacio_error)
+    app.register_error_handler(sqlalchemy.exc.TimeoutError, errors.handle_pool_timeout)
     _init_request_hooks(app)
 
     from spacio.auth.routes import blp as auth_blp

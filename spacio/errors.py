@@ -134,6 +134,13 @@ def handle_spacio_error(error):
     return error.to_response()
 
 
+def handle_pool_timeout(error):
+    """Every pooled database connection stayed busy for ``pool_timeout``: the server is
+    overloaded, not broken. 503 with Retry-After, so a client backs off instead of seeing a 500."""
+    return Unavailable("The server is busy; retry in a moment.", reason="database_busy",
+                       headers={"Retry-After": "1"}).to_response()
+
+
 def http_exception_response(error):
     """Render any werkzeug HTTPException (smorest/webargs aborts included) as the one body."""
     code = error.code or 500

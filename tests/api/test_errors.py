@@ -108,6 +108,27 @@ def test_unexpected_error_is_500_without_internals(make_app, caplog):
     assert any("hunter2" in str(r.exc_info) for r in caplog.records if r.exc_info), "the error is logged"
 
 
+def test_a_database_pool_that_stays_busy_is_503_with_retry_after(make_app):
+    """Every pooled connection checked out for longer than pool_timeout (an overloaded
+    worker): the request gets 503 database_busy, not a 500."""
+    app = make_app(SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 1, "max_overflow": 0, "pool_timeout": 0.2})
+    from tests.conftest import ApiClient
+
+    client = ApiClient(app.test_client())
+    alice = client.user("alice@example.com")
+    with app.app_context():
+        from spacio.extensions import db
+
+        held = db.engine.connect()  # the only connection of the pool
+        try:
+            response = client.get("/api/v1/spaces", headers=alice.headers)
+        finally:
+            held.close()
+    assert_error(response, 503, "database_busy")
+    assert response.headers["Retry-After"] == "1"
+    assert client.get("/api/v1/spaces", headers=alice.headers).status_code == 200  # served again once free
+
+
 def test_mail_failure_is_503_and_keeps_nothing(make_app, unused_port):
     app = make_app(MAIL_URL=f"smtp://127.0.0.1:{unused_port}", MAIL_TIMEOUT=2)
     from tests.conftest import ApiClient
