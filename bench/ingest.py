@@ -32,7 +32,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -91,7 +90,7 @@ class Api:
         self.headers = {}
 
     def call(self, method, path, body=None, headers=None, raw=None, content_type=None):
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
         payload = raw if raw is not None else (json.dumps(body) if body is not None else None)
         hdrs = {**self.headers, **(headers or {})}
         if payload is not None:
@@ -100,17 +99,23 @@ class Api:
         response = connection.getresponse()
         data = response.read()
         connection.close()
+        if response.status == 401 and self.headers and not path.startswith("/api/v1/auth/"):
+            self.login()  # the access token expired during a long run
+            return self.call(method, path, body, headers, raw, content_type)
         return response.status, (json.loads(data) if data and response.getheader("Content-Type", "").startswith(
             "application/json") else data)
 
-    def wait_up(self, timeout=120):
+    def wait_up(self, process=None, timeout=180):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                raise SystemExit(f"the server exited with {process.returncode}")
             try:
                 if self.call("GET", "/health")[0] == 200:
                     return
             except OSError:
-                time.sleep(0.2)
+                pass
+            time.sleep(0.2)
         raise SystemExit("the server did not start")
 
     def login(self):

@@ -47,31 +47,29 @@ to quality-postgresql.json. Not a test: numbers, not asserts.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import math
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 EVAL = ROOT.parent / "shared" / "eval"
 SCIFACT = EVAL / "retrieval" / "scifact"
 PUBMEDQA = EVAL / "qa" / "pubmedqa"
 RESULTS = ROOT / "bench" / "results"
-PASSWORD = "lavender-Orbit-73-quietly"
-SECRET = "bench-secret-" + "x" * 40
-BIN = Path(sys.executable).parent
 MODES = ("vector", "keyword", "hybrid")
+
+import ingest  # noqa: E402
+from ingest import BIN, SECRET, free_port  # noqa: E402
 STATE = "quality-state.json"  # in the instance dir: which space holds which corpus
 
 # Questions no SciFact or PubMedQA abstract answers: the "nothing relevant" side of the
@@ -211,61 +209,8 @@ def score(rankings, qrels):
 # ---------------------------------------------------------------- the server
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Api:
-    def __init__(self, port):
-        self.port = port
-        self.headers = {}
-
-    def call(self, method, path, body=None, raw=None, content_type=None):
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
-        payload = raw if raw is not None else (json.dumps(body) if body is not None else None)
-        headers = dict(self.headers)
-        if payload is not None:
-            headers["Content-Type"] = content_type or "application/json"
-        connection.request(method, path, body=payload, headers=headers)
-        response = connection.getresponse()
-        data = response.read()
-        connection.close()
-        if response.status == 401 and self.headers and not path.startswith("/api/v1/auth/"):
-            self.login()  # the access token expired during a long run
-            return self.call(method, path, body, raw, content_type)
-        is_json = response.getheader("Content-Type", "").startswith("application/json")
-        return response.status, (json.loads(data) if data and is_json else data)
-
-    def wait_up(self, process, timeout=180):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise SystemExit(f"the server exited with {process.returncode}")
-            try:
-                if self.call("GET", "/health")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.3)
-        raise SystemExit("the server did not start")
-
-    def login(self):
-        self.call("POST", "/api/v1/auth/register", {"email": "bench@example.com", "password": PASSWORD, "name": "B"})
-        status, tokens = self.call("POST", "/api/v1/auth/login", {"email": "bench@example.com", "password": PASSWORD})
-        assert status == 200, tokens
-        self.headers = {"Authorization": f"Bearer {tokens['access_token']}"}
-
-    def upload(self, space_id, files):
-        boundary = uuid.uuid4().hex
-        parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
-                 f"Content-Type: text/plain\r\n\r\n".encode() + data + b"\r\n" for name, data in files]
-        body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-        status, result = self.call("POST", f"/api/v1/spaces/{space_id}/documents", raw=body,
-                                   content_type=f"multipart/form-data; boundary={boundary}")
-        assert status == 202, result
-        return result
+class Api(ingest.Api):
+    """bench/ingest.py's client, plus what ranking a corpus needs."""
 
     def documents(self, space_id):
         found, page = [], 1
@@ -276,12 +221,6 @@ class Api:
             if len(docs) < 200:
                 return found
             page += 1
-
-    def statuses(self, space_id):
-        counts = {}
-        for d in self.documents(space_id):
-            counts[d["status"]] = counts.get(d["status"], 0) + 1
-        return counts
 
     def filenames(self, space_id):
         return [d["filename"] for d in self.documents(space_id)]
