@@ -3,7 +3,6 @@
 import re
 import uuid
 
-import pytest
 from sqlalchemy import select
 
 from spacio.chat.models import Conversation, Message
@@ -11,20 +10,9 @@ from spacio.extensions import db
 from spacio.rag import answering
 from spacio.usage.models import UsageRecord
 from tests.api.helpers import count_rows, space_url
-from tests.api.test_chat import CATS_QUESTION, FACTS, HUNT_QUESTION, UNRELATED, paced, recording
+from tests.api.test_chat import CATS_QUESTION, HUNT_QUESTION, UNRELATED, paced, recording
+from tests.api.test_chat import app, library  # noqa: F401  (the same fixtures: a paced generator, three documents)
 from tests.conftest import ApiClient, assert_error
-
-
-@pytest.fixture
-def app(make_app):
-    return make_app(**paced())
-
-
-@pytest.fixture
-def library(client, alice, space):
-    for filename, text in FACTS.items():
-        client.document(alice, space["id"], text.encode(), filename)
-    return space
 
 
 def ask(client, user, space_id, question, **extra):
