@@ -27,6 +27,7 @@ from flask import current_app, has_app_context
 from spacio.concurrency import in_real_thread
 from spacio.errors import PluginFailed, Unavailable
 from spacio.rag import contracts
+from spacio.rag.pipeline import plugin_call
 from spacio.rag.prompts import estimate_tokens, truncate_to_tokens
 
 log = logging.getLogger(__name__)
@@ -155,11 +156,11 @@ def stream(prepared: Prepared, *, generator: contracts.Generator | None = None) 
         generator = _selected_generator()
     step = in_real_thread if getattr(generator, "cpu_bound", False) else _call
     markers = CitationFilter({c.n for c in prepared.citations})
-    pieces = _guard(step, generator.stream, prepared.prompt)
+    pieces = plugin_call(step, generator.stream, prepared.prompt, what="The generator")
     usage: contracts.Usage | None = None
     try:
         while True:
-            item = _guard(step, next, pieces, _END)
+            item = plugin_call(step, next, pieces, _END, what="The generator")
             if item is _END:
                 break
             if isinstance(item, contracts.Usage):
@@ -197,24 +198,6 @@ _END = object()
 
 def _call(fn, *args):
     return fn(*args)
-
-
-def _guard(step, fn, *args):
-    """Run one step of the generator, mapping its failures to the one error body."""
-    try:
-        return step(fn, *args)
-    except contracts.UpstreamUnavailable as exc:
-        headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else None
-        raise Unavailable(f"The generator is unavailable: {exc.message}", reason=exc.reason,
-                          headers=headers) from exc
-    except contracts.PluginError as exc:
-        log.warning("the generator failed: %s (%s)", exc.message, exc.reason)
-        raise PluginFailed(f"The generator failed: {exc.message}", reason="plugin_error") from exc
-    except (Unavailable, PluginFailed):
-        raise
-    except Exception as exc:  # a third-party generator's bug or SDK error: 502, logged, never a 500
-        log.exception("the generator raised %s", exc.__class__.__name__)
-        raise PluginFailed(f"The generator failed ({exc.__class__.__name__}).", reason="plugin_error") from exc
 
 
 def _close(pieces) -> None:

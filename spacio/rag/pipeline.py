@@ -23,7 +23,7 @@ from sqlalchemy import delete, insert, select, update
 from spacio.concurrency import in_real_thread
 from spacio.db import utcnow
 from spacio.documents.models import Chunk, Document, DocumentFile
-from spacio.errors import PluginFailed, Unavailable
+from spacio.errors import PluginFailed, SpacioError, Unavailable
 from spacio.extensions import db
 from spacio.rag import contracts, registry
 from spacio.spaces.models import Space
@@ -200,18 +200,19 @@ def _fail(document_id, reason, message):
 
 def forget_document(space_id, document_id):
     """Remove a document's vectors (before its rows are deleted)."""
-    _in_request(registry().vector_store.delete_document, str(space_id), str(document_id))
+    plugin_call(registry().vector_store.delete_document, str(space_id), str(document_id))
 
 
 def forget_space(space_id):
     """Remove a space's vectors (before its rows are deleted)."""
-    _in_request(registry().vector_store.drop_namespace, str(space_id))
+    plugin_call(registry().vector_store.drop_namespace, str(space_id))
 
 
-def _in_request(call, *args, what="The vector store", **kwargs):
-    """A plugin call a request waits for: a service that is down answers 503 with the one
-    error body (API.md), any other plugin failure 502 ``plugin_error``, never a 500; the
-    request changes nothing."""
+def plugin_call(call, *args, what="The vector store", **kwargs):
+    """A plugin call a request waits for (``call(*args, **kwargs)``, e.g. ``in_real_thread``
+    with the plugin's method): a service that is down answers 503 with the one error body
+    (API.md), any other plugin failure, or a plugin's own bug, 502 ``plugin_error``, never a
+    500; the request changes nothing."""
     try:
         return call(*args, **kwargs)
     except contracts.UpstreamUnavailable as exc:
@@ -221,6 +222,11 @@ def _in_request(call, *args, what="The vector store", **kwargs):
     except contracts.PluginError as exc:
         log.warning("%s failed: %s (%s)", what, exc.message, exc.reason)
         raise PluginFailed(f"{what} failed: {exc.message}", reason="plugin_error") from exc
+    except SpacioError:
+        raise
+    except Exception as exc:  # a third-party plugin's bug or SDK error: logged, 502, never a 500
+        log.exception("%s raised %s", what, exc.__class__.__name__)
+        raise PluginFailed(f"{what} failed ({exc.__class__.__name__}).", reason="plugin_error") from exc
 
 
 def adopt_if_unrecorded(space):

@@ -39,7 +39,7 @@ from spacio.rag import registry
 from spacio.rag.builtins.local_store import STOPWORDS  # English function words, as keyword search drops them
 from spacio.rag.contracts import Hit
 from spacio.rag.fusion import fuse
-from spacio.rag.pipeline import _in_request, adopt_if_unrecorded
+from spacio.rag.pipeline import plugin_call, adopt_if_unrecorded
 
 MODES = ("hybrid", "vector", "keyword")
 
@@ -101,12 +101,12 @@ def retrieve(space, question: str, *, top_k: int = 10, mode: str = "hybrid") -> 
     depth = max(top_k, tuned.candidates)
 
     def by_vector():
-        embedded = _in_request(_runner(embedder), embedder.embed_query, question, what="The embedder")
-        hits = _in_request(_runner(store), store.search, namespace, vector=embedded.vectors[0], limit=depth)
+        embedded = plugin_call(_runner(embedder), embedder.embed_query, question, what="The embedder")
+        hits = plugin_call(_runner(store), store.search, namespace, vector=embedded.vectors[0], limit=depth)
         return hits, int(embedded.tokens)
 
     def by_text():
-        return _in_request(_runner(store), store.search, namespace, text=question, limit=depth)
+        return plugin_call(_runner(store), store.search, namespace, text=question, limit=depth)
 
     (vector_hits, tokens), text_hits = _concurrently(
         by_vector if mode != "keyword" else (lambda: ([], 0)),
@@ -118,7 +118,7 @@ def retrieve(space, question: str, *, top_k: int = 10, mode: str = "hybrid") -> 
     reranker = None
     if reg.reranker is not None:
         def reranker(hits, limit):
-            return _in_request(_runner(reg.reranker), reg.reranker.rerank, question, hits, limit,
+            return plugin_call(_runner(reg.reranker), reg.reranker.rerank, question, hits, limit,
                                what="The reranker")
     hits = rank(vector_hits, text_hits, mode=mode, top_k=top_k, tuned=tuned, rerank=reranker)
     best = max((h.score for h in vector_hits), default=None) if mode != "keyword" else None
