@@ -21,3 +21,16 @@ def in_real_thread(fn, *args, **kwargs):
     import gevent
 
     return gevent.get_hub().threadpool.apply(fn, args, kwargs)
+
+
+def plugin_runner(plugin, cpu_bound=True):
+    """How a request calls a plugin: on a real thread (``in_real_thread``) when it computes,
+    directly on the greenlet when it says ``cpu_bound = False`` (its calls wait on I/O that
+    cooperates with gevent, and its pool's locks and queues are greenlets': pgvector's
+    psycopg pool breaks when used from a real thread). ``cpu_bound`` is the default for a
+    plugin that says nothing (see ``spacio.rag.contracts``)."""
+    return in_real_thread if getattr(plugin, "cpu_bound", cpu_bound) else _direct
+
+
+def _direct(fn, *args, **kwargs):
+    return fn(*args, **kwargs)

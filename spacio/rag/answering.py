@@ -24,7 +24,7 @@ from typing import Iterator, Mapping, Sequence
 
 from flask import current_app, has_app_context
 
-from spacio.concurrency import in_real_thread
+from spacio.concurrency import plugin_runner
 from spacio.errors import PluginFailed, Unavailable
 from spacio.rag import contracts
 from spacio.rag.pipeline import plugin_call
@@ -154,7 +154,7 @@ def stream(prepared: Prepared, *, generator: contracts.Generator | None = None) 
         return
     if generator is None:
         generator = _selected_generator()
-    step = in_real_thread if getattr(generator, "cpu_bound", False) else _call
+    step = plugin_runner(generator, cpu_bound=False)
     markers = CitationFilter({c.n for c in prepared.citations})
     pieces = plugin_call(step, generator.stream, prepared.prompt, what="The generator")
     usage: contracts.Usage | None = None
@@ -194,10 +194,6 @@ def collect(prepared: Prepared, **kwargs) -> tuple[str, contracts.Usage]:
 
 
 _END = object()
-
-
-def _call(fn, *args):
-    return fn(*args)
 
 
 def _close(pieces) -> None:

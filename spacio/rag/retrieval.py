@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping, Sequence
 from flask import current_app
 from sqlalchemy import select
 
-from spacio.concurrency import gevent_active, in_real_thread
+from spacio.concurrency import gevent_active, plugin_runner
 from spacio.documents.models import Document
 from spacio.errors import Conflict
 from spacio.extensions import db
@@ -101,12 +101,12 @@ def retrieve(space, question: str, *, top_k: int = 10, mode: str = "hybrid") -> 
     depth = max(top_k, tuned.candidates)
 
     def by_vector():
-        embedded = plugin_call(_runner(embedder), embedder.embed_query, question, what="The embedder")
-        hits = plugin_call(_runner(store), store.search, namespace, vector=embedded.vectors[0], limit=depth)
+        embedded = plugin_call(plugin_runner(embedder), embedder.embed_query, question, what="The embedder")
+        hits = plugin_call(plugin_runner(store), store.search, namespace, vector=embedded.vectors[0], limit=depth)
         return hits, int(embedded.tokens)
 
     def by_text():
-        return plugin_call(_runner(store), store.search, namespace, text=question, limit=depth)
+        return plugin_call(plugin_runner(store), store.search, namespace, text=question, limit=depth)
 
     (vector_hits, tokens), text_hits = _concurrently(
         by_vector if mode != "keyword" else (lambda: ([], 0)),
@@ -118,7 +118,7 @@ def retrieve(space, question: str, *, top_k: int = 10, mode: str = "hybrid") -> 
     reranker = None
     if reg.reranker is not None:
         def reranker(hits, limit):
-            return plugin_call(_runner(reg.reranker), reg.reranker.rerank, question, hits, limit,
+            return plugin_call(plugin_runner(reg.reranker), reg.reranker.rerank, question, hits, limit,
                                what="The reranker")
     hits = rank(vector_hits, text_hits, mode=mode, top_k=top_k, tuned=tuned, rerank=reranker)
     best = max((h.score for h in vector_hits), default=None) if mode != "keyword" else None
@@ -173,19 +173,6 @@ def coverage(question: str, text: str) -> float:
         return 0.0
     have = {w[:n] for w in content_words(text) for n in range(1, 6)}
     return sum(1 for w in wanted if w[:5] in have) / len(wanted)
-
-
-def _runner(plugin) -> Callable[..., Any]:
-    """How to call a plugin from a request: on a real thread (``in_real_thread``), unless it
-    says ``cpu_bound = False``: its calls wait on I/O that cooperates with gevent, and its
-    connection pool's locks and queues are greenlets' (pgvector's psycopg pool breaks when
-    used from a real thread). Embedders, stores and rerankers that say nothing are treated
-    as CPU-bound (the local MiniLM embedder, the local store's numpy search)."""
-    return in_real_thread if getattr(plugin, "cpu_bound", True) else _call
-
-
-def _call(fn, *args, **kwargs):
-    return fn(*args, **kwargs)
 
 
 def _concurrently(*calls: Callable[[], Any]) -> list[Any]:

@@ -104,7 +104,7 @@ def test_settings_come_from_the_config_and_the_defaults_are_sane():
 
 
 def test_plugins_run_on_a_real_thread_unless_they_say_they_are_not_cpu_bound():
-    from spacio.concurrency import in_real_thread
+    from spacio.concurrency import _direct, in_real_thread, plugin_runner
 
     class Local:
         pass
@@ -112,5 +112,6 @@ def test_plugins_run_on_a_real_thread_unless_they_say_they_are_not_cpu_bound():
     class Remote:
         cpu_bound = False
 
-    assert retrieval._runner(Local()) is in_real_thread  # the default: CPU-bound (MiniLM, the local store)
-    assert retrieval._runner(Remote()) is retrieval._call  # pgvector: its psycopg pool lives on the hub
+    assert plugin_runner(Local()) is in_real_thread  # the default: CPU-bound (MiniLM, the local store)
+    assert plugin_runner(Remote()) is _direct  # pgvector: its psycopg pool lives on the hub
+    assert plugin_runner(Local(), cpu_bound=False) is _direct  # generators: remote unless they say otherwise
