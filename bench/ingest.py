@@ -277,7 +277,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--docs", type=int, default=1000, help="abstracts to ingest (0 = all 5,183)")
     parser.add_argument("--backends", default="embedded,postgres")
-    parser.add_argument("--threads", type=int, default=1, help="dramatiq worker threads (postgres backend)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="dramatiq worker threads (postgres backend; the Procfile's default is 2)")
     parser.add_argument("--no-peer", action="store_true")
     args = parser.parse_args()
 
