@@ -52,7 +52,6 @@ HNSW_MAX_DIMENSIONS = 2000  # pgvector's limit for an HNSW index on the vector t
 HYBRID_CANDIDATES = 50  # each side of a hybrid search contributes at most max(this, limit) hits
 MAX_QUERY_TERMS = 64  # lexemes of a keyword query, the rarest kept
 MAX_QUERY_CHARS = 10_000
-COMMON_LEXEME = 0.03  # lexemes in more rows than this share score but do not select rows
 BM25_K1, BM25_B = 1.2, 0.5  # b=0.5 scored better than 0.75 on SciFact (chunks vary little in length)
 STATS_TTL = 300.0
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?$")
@@ -78,6 +77,7 @@ class PgVectorStoreOptions(Schema):
     hnsw_ef_construction = fields.Integer(load_default=64, validate=validate.Range(min=4, max=1000))
     text_search_config = fields.String(load_default="english")
     max_scan_tuples = fields.Integer(load_default=20000, validate=validate.Range(min=1))
+    keyword_candidates = fields.Integer(load_default=4000, validate=validate.Range(min=1))
     exact_scan_below = fields.Integer(load_default=1000, validate=validate.Range(min=0))
     table_prefix = fields.String(load_default="vs_pgvector")
 
@@ -116,7 +116,8 @@ class PgVectorStore:
     def __init__(self, database_url: str, min_pool_size: int = 1, max_pool_size: int = 10,
                  pool_timeout: float = 30.0, ef_search: int = 200, hnsw_m: int = 16,
                  hnsw_ef_construction: int = 64, text_search_config: str = "english",
-                 max_scan_tuples: int = 20000, exact_scan_below: int = 1000, table_prefix: str = "vs_pgvector"):
+                 max_scan_tuples: int = 20000, exact_scan_below: int = 1000, table_prefix: str = "vs_pgvector",
+                 keyword_candidates: int = 4000):
         self.conninfo = conninfo(database_url)
         errors = PgVectorStoreOptions().validate({
             "database_url": database_url, "min_pool_size": min_pool_size, "max_pool_size": max_pool_size,
@@ -127,6 +128,7 @@ class PgVectorStore:
         self.ef_search, self.hnsw_m, self.hnsw_ef_construction = ef_search, hnsw_m, hnsw_ef_construction
         self.text_search_config = text_search_config
         self.max_scan_tuples, self.exact_scan_below = max_scan_tuples, exact_scan_below
+        self.keyword_candidates = keyword_candidates
         self.prefix = table_prefix
         self._pool: ConnectionPool | None = None
         self._lock = threading.Lock()
@@ -448,9 +450,14 @@ class PgVectorStore:
         ``ts_rank``/``ts_rank_cd`` know nothing of how common a word is (SciFact nDCG@10:
         ts_rank_cd 0.33; this 0.66; SQLite FTS5 bm25 0.69). Word frequencies come from the
         planner statistics ANALYZE keeps for the tsv column (``pg_stats.most_common_elems``),
-        so no extra scan is needed. Rows are matched on the selective lexemes only (a word in
-        > 3 % of rows adds little to the score but makes every row a candidate) and scored
-        on all of them; when that finds fewer than ``limit`` rows, all lexemes match.
+        so no extra scan is needed.
+
+        What costs is reading and ranking each matching row (~10 us: a heap fetch and the
+        tsv decompressed), so rows are matched on the rarest lexemes only, as many as keep
+        the expected matches within ``keyword_candidates``, and scored on all of them: a
+        common word adds little to a score but would make most rows candidates. When that
+        finds fewer than ``limit`` rows, more lexemes match (twice the expected rows, at
+        least one more lexeme), until all do.
         """
         table = self._table(dimensions)
         config = self._config(conn, dimensions) or self.text_search_config
@@ -462,11 +469,14 @@ class PgVectorStore:
         stats = self._lexeme_stats(conn, dimensions)
         frequency = {lexeme: stats.frequency.get(lexeme, stats.rare) for lexeme in lexemes}
         lexemes = sorted(lexemes, key=lambda lexeme: (frequency[lexeme], lexeme))[:MAX_QUERY_TERMS]
-        selective = [lexeme for lexeme in lexemes if frequency[lexeme] <= COMMON_LEXEME] or lexemes[:3]
-        hits = self._bm25(conn, table, namespace, documents, lexemes, frequency, selective, stats, limit)
-        if len(hits) < limit and len(selective) < len(lexemes):
-            hits = self._bm25(conn, table, namespace, documents, lexemes, frequency, lexemes, stats, limit)
-        return hits
+        least = 2.0 * limit  # expected rows; the statistics are for the whole table, not this namespace
+        while True:
+            selective = _rarest(lexemes, frequency, stats.rows, self.keyword_candidates, least)
+            hits = self._bm25(conn, table, namespace, documents, lexemes, frequency, selective, stats, limit)
+            if len(hits) >= limit or len(selective) == len(lexemes):
+                return hits
+            # too few: at least one more lexeme, and twice the rows expected so far
+            least = 2 * max(1.0, sum(frequency[lexeme] for lexeme in selective) * stats.rows)
 
     def _bm25(self, conn, table, namespace, documents, lexemes, frequency, match, stats, limit) -> list[Hit]:
         where, args = self._filter(namespace, documents)
@@ -474,10 +484,10 @@ class PgVectorStore:
         # divided by that it stands in for the term frequency
         ranks = sql.SQL(", ").join(sql.SQL("ts_rank(tsv, %s::tsquery) / 0.0608 AS {}").format(
             sql.Identifier(f"tf{i}")) for i in range(len(lexemes)))
-        norm = sql.SQL("(1 - {b} + {b} * len / %s)").format(b=sql.Literal(BM25_B))
+        # idf * tf * (k1 + 1) / (tf + k1 * (1 - b) + k1 * b * len / average), in float8 only
+        # (a numeric literal would make every row's score numeric arithmetic)
         score = sql.SQL(" + ").join(
-            sql.SQL("%s * {tf} * {k1plus} / ({tf} + {k1} * {norm})").format(
-                tf=sql.Identifier(f"tf{i}"), k1=sql.Literal(BM25_K1), k1plus=sql.Literal(BM25_K1 + 1), norm=norm)
+            sql.SQL("%s * {tf} / ({tf} + %s + %s * len)").format(tf=sql.Identifier(f"tf{i}"))
             for i in range(len(lexemes)))
         # Both CTEs are materialised: `|| ''` detoasts each matching row's tsv once instead
         # of in every ts_rank, and an inlined `ranked` would compute every rank twice
@@ -490,10 +500,10 @@ class PgVectorStore:
             SELECT t.id, t.document_id, t.ordinal, t.text, t.page, t.metadata, b.score
             FROM best b JOIN {table} t USING (id) ORDER BY b.score DESC, t.id""").format(
             table=table, where=where, ranks=ranks, score=score)
-        idf = [_idf(frequency[lexeme]) for lexeme in lexemes]
         params = [*args, " | ".join(_tsquery_lexeme(m) for m in match), *map(_tsquery_lexeme, lexemes)]
-        for weight in idf:
-            params += [weight, stats.average_length]
+        for lexeme in lexemes:
+            params += [_idf(frequency[lexeme]) * (BM25_K1 + 1), BM25_K1 * (1 - BM25_B),
+                       BM25_K1 * BM25_B / stats.average_length]
         params.append(limit)
         return self._hits(conn.execute(query, params).fetchall())
 
@@ -509,13 +519,14 @@ class PgVectorStore:
             "WHERE schemaname = current_schema() AND tablename = %s AND attname = 'tsv'", (name,)).fetchone()
         frequency: dict[str, float] = {}
         rare = 0.0  # no statistics yet (never analysed): every lexeme counts as rare
+        rows = conn.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass", (name,)).fetchone()[0]
         if row is not None and row[0] is not None:
             elements, freqs = row
             frequency = dict(zip(elements, freqs))
             rare = freqs[len(elements)] / 2  # below the least frequent element the sample kept
         average = conn.execute(sql.SQL("SELECT avg(length(tsv)) FROM (SELECT tsv FROM {} LIMIT 1000) s").format(
             sql.Identifier(name))).fetchone()[0]
-        stats = _LexemeStats(frequency, rare, float(average or 1.0), now)
+        stats = _LexemeStats(frequency, rare, float(average or 1.0), max(float(rows), 0.0), now)
         self._stats[dimensions] = stats
         return stats
 
@@ -538,7 +549,22 @@ class _LexemeStats:
     frequency: dict[str, float]  # share of rows containing the lexeme (planner statistics)
     rare: float  # assumed share for a lexeme the statistics do not list
     average_length: float  # lexemes per row
+    rows: float  # rows in the table (pg_class.reltuples; 0 when never analysed)
     loaded: float  # time.monotonic()
+
+
+def _rarest(lexemes: list[str], frequency: dict[str, float], rows: float, budget: float,
+            least: float) -> list[str]:
+    """The rarest of ``lexemes`` (sorted rarest first): while their expected matching rows
+    are under ``least``, and then as long as they stay within ``budget``; at least one."""
+    chosen, expected = [], 0.0
+    for lexeme in lexemes:
+        more = expected + frequency[lexeme] * rows
+        if chosen and expected >= least and more > budget:
+            break
+        chosen.append(lexeme)
+        expected = more
+    return chosen
 
 
 def _idf(frequency: float) -> float:

@@ -18,7 +18,7 @@ import pytest
 from spacio.rag.contracts import InvalidInput, PluginError, VectorRecord
 from spacio.testing.contracts.vector_store import VectorStoreContract
 from spacio_pgvector import PgVectorStore
-from spacio_pgvector.store import _tsquery_lexeme, conninfo
+from spacio_pgvector.store import _rarest, _tsquery_lexeme, conninfo
 
 RUN = uuid.uuid4().hex[:8]
 
@@ -265,6 +265,38 @@ def test_keyword_search_prefers_rare_words_and_fills_the_limit(database_url, pre
     assert len(hits) == 5  # rows with only the common word still fill the limit
     assert len(store.search("ns", text="protein", limit=50)) == 50
     store.close()
+
+
+def test_rarest_lexemes_within_the_candidate_budget():
+    frequency = {"rare": 0.001, "mid": 0.02, "common": 0.3}  # of 10,000 rows: 10, 200, 3,000
+    order = ["rare", "mid", "common"]
+    assert _rarest(order, frequency, 10_000, budget=3000, least=0) == ["rare", "mid"]  # + common: 3,210
+    assert _rarest(order, frequency, 10_000, budget=100, least=0) == ["rare"]  # always at least one
+    assert _rarest(order, frequency, 10_000, budget=100, least=50) == ["rare", "mid"]  # 10 < 50 expected
+    assert _rarest(order, frequency, 10_000, budget=10**9, least=0) == order
+    assert _rarest(order, frequency, 0, budget=1, least=0) == order  # never analysed: every word counts
+
+
+def test_keyword_budget_widens_until_the_limit_is_filled_and_ranks_like_no_budget(database_url, prefixes, admin):
+    """A tiny budget matches on the rarest word first (3 rows), finds too few for the
+    limit, and widens word by word: the hits are those of an unlimited search."""
+    prefix = prefixes("budget")
+    texts = [f"cell growth sample {i}" if i % 2 else f"cell membrane sample {i}" for i in range(300)]
+    for i in (5, 77, 150):
+        texts[i] = f"telomerase in cell growth {i}"
+    rng = np.random.default_rng(5)
+    tight = PgVectorStore(database_url=database_url, table_prefix=prefix, keyword_candidates=1)
+    tight.upsert("ns", as_records("d", unit(rng.normal(size=(300, 4))), texts=texts))
+    admin.execute(psycopg.sql.SQL("ANALYZE {}").format(psycopg.sql.Identifier(f"{prefix}_4")))
+    unlimited = PgVectorStore(database_url=database_url, table_prefix=prefix, keyword_candidates=10**9)
+    for question, limit in [("telomerase and cell growth", 40), ("telomerase membrane", 200), ("telomerase", 10)]:
+        got = tight.search("ns", text=question, limit=limit)
+        want = unlimited.search("ns", text=question, limit=limit)
+        assert [(h.id, round(h.score, 6)) for h in got] == [(h.id, round(h.score, 6)) for h in want], question
+    assert {h.ordinal for h in tight.search("ns", text="telomerase and cell growth", limit=40)[:3]} == {5, 77, 150}
+    assert len(tight.search("ns", text="telomerase membrane", limit=200)) == 152  # 3 telomerase + 149 membrane rows
+    tight.close()
+    unlimited.close()
 
 
 def test_bad_input_is_invalid_input(database_url, prefixes):
