@@ -5,7 +5,8 @@
 1. embed the question (the embedder's query input type) and search the space's namespace
    by vector, and search it by keywords: two separate ``store.search`` calls, so fusion is
    the same for every vector store. Under gevent both run at once; a plugin runs on a real
-   thread unless it declares ``cpu_bound = False`` (``_runner``);
+   thread unless it declares ``cpu_bound = False`` (``plugin_runner``). No pooled database
+   connection is held meanwhile;
 2. fuse the two rankings (``spacio.rag.fusion.fuse``; method, weights and depth are config,
    tuned on SciFact train by ``bench/quality.py --tune``);
 3. drop hits of documents deleted meanwhile, optionally rerank with ``SPACIO_RERANKER``,
@@ -97,8 +98,9 @@ def retrieve(space, question: str, *, top_k: int = 10, mode: str = "hybrid") -> 
     if problem:
         raise Conflict(problem, reason="pipeline_changed")
     tuned = settings()
-    namespace, store, embedder = str(space.id), reg.vector_store, reg.embedder
+    namespace, space_id, store, embedder = str(space.id), space.id, reg.vector_store, reg.embedder
     depth = max(top_k, tuned.candidates)
+    _release_connection()
 
     def by_vector():
         embedded = plugin_call(plugin_runner(embedder), embedder.embed_query, question, what="The embedder")
@@ -111,7 +113,7 @@ def retrieve(space, question: str, *, top_k: int = 10, mode: str = "hybrid") -> 
     (vector_hits, tokens), text_hits = _concurrently(
         by_vector if mode != "keyword" else (lambda: ([], 0)),
         by_text if mode != "vector" else list)
-    alive = _alive_documents(space.id, {h.document_id for h in (*vector_hits, *text_hits)})
+    alive = _alive_documents(space_id, {h.document_id for h in (*vector_hits, *text_hits)})
     vector_hits = [h for h in vector_hits if h.document_id in alive]
     text_hits = [h for h in text_hits if h.document_id in alive]
 
@@ -173,6 +175,16 @@ def coverage(question: str, text: str) -> float:
         return 0.0
     have = {w[:n] for w in content_words(text) for n in range(1, 6)}
     return sum(1 for w in wanted if w[:5] in have) / len(wanted)
+
+
+def _release_connection() -> None:
+    """Give the session's pooled connection back while the plugins embed and search, so a
+    request waiting on them (many streams at once, a slow service) holds none; the next
+    query takes one again. The caller's objects stay usable with what they have loaded.
+    A session with unsaved changes is left as it is."""
+    session = db.session
+    if not (session.new or session.dirty or session.deleted):
+        session.close()
 
 
 def _concurrently(*calls: Callable[[], Any]) -> list[Any]:
