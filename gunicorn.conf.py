@@ -32,3 +32,13 @@ def post_worker_init(worker):
     from spacio.jobs import jobs
 
     jobs(worker.wsgi).start_inprocess_worker()
+
+
+def worker_exit(server, worker):
+    """Close the plugins' connection pools while the worker's gevent hub still runs: a pool
+    left to the garbage collector at exit prints a traceback on every shutdown."""
+    from spacio.rag import registry
+
+    app = getattr(worker, "wsgi", None)
+    if app is not None and "spacio.rag" in getattr(app, "extensions", {}):
+        registry(app).close()

@@ -11,12 +11,15 @@ names the plugin.
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import marshmallow as ma
 
 from spacio.rag import contracts
+
+log = logging.getLogger(__name__)
 
 PROTOCOLS = {
     "parser": contracts.Parser,
@@ -171,6 +174,27 @@ class Registry:
                 raise PluginConfigError(f"No {label(kind)} is selected: set SPACIO_{SELECTION_KEYS[kind]}.")
             return None
         return build(kind, names[0], self.config, host_options, self.installed_plugins(kind))
+
+    def plugins(self) -> list[Any]:
+        """Every plugin instance this registry built, each once."""
+        built = [*self.parsers.values(), self.chunker, self.embedder, self.vector_store, self.generator,
+                 self.reranker]
+        unique: dict[int, Any] = {}
+        for plugin in built:
+            if plugin is not None:
+                unique.setdefault(id(plugin), plugin)
+        return list(unique.values())
+
+    def close(self) -> None:
+        """Call ``close()`` on the plugins that have one (connection pools, HTTP clients):
+        when a web worker exits. A failure is logged; the others still close."""
+        for plugin in self.plugins():
+            close = getattr(plugin, "close", None)
+            if callable(close):
+                try:
+                    close()
+                except Exception:  # noqa: BLE001 - exiting: report and go on
+                    log.exception("closing %s failed", type(plugin).__name__)
 
     def installed_plugins(self, kind):
         """``installed(kind)`` from this registry's one scan of the entry points."""
