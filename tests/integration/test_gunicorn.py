@@ -5,7 +5,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -13,7 +12,7 @@ import uuid
 import pytest
 
 from tests.conftest import STRONG_PASSWORD
-from tests.integration.workers import ROOT, flush_redis, worker_env
+from tests.integration.workers import ROOT, flush_redis, wait_for, worker_env
 
 pytestmark = pytest.mark.parametrize("database", ["postgres"], indirect=True)
 
@@ -44,17 +43,15 @@ class Web:
             return error.code, json.loads(error.read() or b"null")
 
     def wait_up(self, timeout=60):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def answering():
             if self.process.poll() is not None:
                 raise AssertionError("gunicorn exited:\n" + self.output())
             try:
-                if self.call("GET", "/health")[0] == 200:
-                    return
+                return self.call("GET", "/health")[0] == 200
             except OSError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError("gunicorn did not answer:\n" + self.output())
+                return False
+
+        wait_for(answering, timeout, what="gunicorn to answer /health")
 
     def stop(self, timeout=60):
         self.process.send_signal(signal.SIGTERM)
