@@ -97,8 +97,8 @@ def safe_filename(name, default="document"):
     extension). Stored bytes are never addressed by it."""
     name = unicodedata.normalize("NFC", name or "")
     name = re.split(r"[/\\]", name)[-1]
-    name = _UNSAFE.sub("", name).strip().strip(".").strip()
-    name = re.sub(r"\s+", " ", name)
+    name = _UNSAFE.sub("", re.sub(r"[\t\n\r\v\f]", " ", name))
+    name = re.sub(r"\s+", " ", name).strip(" .")  # ". . ." and "..": no name left
     if not name:
         return default
     if len(name) > 255:

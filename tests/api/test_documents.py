@@ -263,6 +263,15 @@ def test_download_returns_the_exact_bytes_with_the_media_type_from_the_content(c
     ("Résumé 2024 – 数据.txt", "Résumé 2024 – 数据.txt"),
     ("../../etc/passwd", "passwd"),
     ("/var/tmp/../secret notes.md", "secret notes.md"),
+    ("/etc/passwd", "passwd"),
+    ("nul\x00byte.txt", "nulbyte.txt"),
+    ("bell\x07 and \x1b[31mescape\x7f.txt", "bell and [31mescape.txt"),
+    ("tab\tand\vform\x0cfeed.txt", "tab and form feed.txt"),
+    ("\u202etxt.exe \u200bzero-width.md", "txt.exe zero-width.md"),  # bidi override, zero width
+    ("a" * 1000 + ".txt", "a" * 251 + ".txt"),  # 255 characters, the extension kept
+    ("数" * 1000, "数" * 255),
+    ("..", "document"),
+    (". . .", "document"),
 ])
 def test_filenames_are_stored_without_directories_and_sent_back_safely(client, alice, space, sent, stored):
     data = f"Contents of {stored}.".encode()
@@ -279,6 +288,41 @@ def test_filenames_are_stored_without_directories_and_sent_back_safely(client, a
     assert plain is not None and plain.isascii() and not re.search(r'[/\\"]', plain)
     assert len(plain) == len(stored)  # one replacement character per non-ASCII character
     assert ".." not in plain.split("/")
+
+
+def raw_upload(client, user, space_id, disposition: bytes, data: bytes = b"Raw words."):
+    """A multipart upload whose part header is exactly ``disposition`` (what a hostile
+    client can send, not what a well-behaved encoder produces)."""
+    body = (b"--XyZ\r\nContent-Disposition: form-data; name=\"files\"; " + disposition
+            + b"\r\nContent-Type: application/octet-stream\r\n\r\n" + data + b"\r\n--XyZ--\r\n")
+    return client.post(docs_url(space_id), data=body, headers=user.headers,
+                       content_type="multipart/form-data; boundary=XyZ")
+
+
+@pytest.mark.parametrize("disposition, stored", [
+    (b'filename="..\\..\\windows\\win.ini"', "windowswin.ini"),  # quoted-pair: backslashes are escapes
+    (b'filename="C:\\Users\\me\\notes.txt"', "C:Usersmenotes.txt"),
+    (b"filename*=UTF-8''..%2F..%2Fetc%2Fpasswd", "passwd"),  # RFC 2231 form, percent-encoded slashes
+    (b"filename*=UTF-8''..%5C..%5Cboot.ini", "boot.ini"),  # ... and backslashes
+    (b"filename*=UTF-8''nul%00byte%0D%0AX-Injected%3A%201.txt", "nulbyte X-Injected: 1.txt"),
+    (b"filename*=UTF-8''%ED%A0%80%FF.txt", "\ufffd\ufffd\ufffd\ufffd.txt"),  # no lone surrogates get through
+    (b'filename="q\\"uote;semi.txt"', 'q"uote;semi.txt'),
+])
+def test_hostile_filenames_in_a_raw_multipart_header(client, alice, space, disposition, stored):
+    response = raw_upload(client, alice, space["id"], disposition)
+    assert response.status_code == 202, response.json
+    document = response.json["documents"][0]
+    assert document["filename"] == stored
+
+    download = client.get(docs_url(space["id"], document["id"], "file"), headers=alice.headers)
+    assert download.status_code == 200 and download.get_data() == b"Raw words."
+    kind, plain, extended = content_disposition(download)
+    assert extended == stored and plain.isascii() and not re.search(r'[/\\"]', plain)
+
+
+def test_a_part_whose_filename_cannot_be_decoded_is_a_4xx(client, alice, space):
+    response = raw_upload(client, alice, space["id"], b'filename="\xff\xfe.txt"')
+    assert 400 <= response.status_code < 500, response.status_code
 
 
 # --------------------------------------------------------------------------- per-file outcomes
@@ -453,6 +497,44 @@ def test_an_encrypted_pdf_fails_without_being_retried(client, alice, space):
     assert document["media_type"] == "application/pdf" and document["chunks"] == 0
     assert attempts_of(client.app, document["id"]) == 1  # permanent: not retried
     assert vectors(client.app, space["id"], document["id"]) == 0
+
+
+def hostile_docx(document_xml: bytes, **parts: bytes) -> bytes:
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("word/document.xml", document_xml)
+        for name, data in parts.items():
+            archive.writestr(name.replace("__", "/"), data)
+    return buffer.getvalue()
+
+
+W_NS = b'xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"'
+LAUGHS = (b'<?xml version="1.0"?><!DOCTYPE d [<!ENTITY a "lol"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">'
+          b'<!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;"><!ENTITY d "&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;">]>')
+
+
+@pytest.mark.parametrize("data, reason", [
+    (hostile_docx(b"<w:document " + W_NS + b"><w:body>" + b" " * 60_000_000), "archive_too_large"),  # 1000:1
+    (hostile_docx(b"<w:document " + W_NS + b"/>", **{f"customXml__{i}.xml": b"" for i in range(12_000)}),
+     "archive_too_large"),
+    (hostile_docx(LAUGHS + b"<w:document " + W_NS + b"><w:body><w:p><w:r><w:t>&d;</w:t></w:r></w:p></w:body>"
+                  b"</w:document>"), "corrupt_file"),
+    (hostile_docx(b'<?xml version="1.0"?><!DOCTYPE d [<!ENTITY x SYSTEM "file:///etc/passwd">]><w:document '
+                  + W_NS + b"><w:body><w:p><w:r><w:t>&x;</w:t></w:r></w:p></w:body></w:document>"), "corrupt_file"),
+], ids=["zip-bomb", "entries", "billion-laughs", "external-entity"])
+def test_a_hostile_docx_fails_its_document_with_a_clear_reason(client, alice, space, data, reason):
+    started = time.perf_counter()
+    document = client.document(alice, space["id"], data, "hostile.docx", ready=False)
+
+    assert time.perf_counter() - started < 10
+    assert document["status"] == "failed", document
+    assert document["media_type"] == "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+    assert document["error"]["reason"] == reason and document["error"]["message"]
+    assert "root:" not in document["error"]["message"]
+    assert attempts_of(client.app, document["id"]) == 1  # permanent: not retried
+    assert document["chunks"] == 0 and vectors(client.app, space["id"], document["id"]) == 0
 
 
 def test_a_pdf_with_more_pages_than_allowed_fails_with_too_many_pages(configured):

@@ -9,6 +9,17 @@ Every limit is checked on the central directory, before a single byte is inflate
 * ``max_compression_ratio``: for entries over 1 MiB. XML compresses 5-40x in the
   evaluation files (the highest is 40.5x); zip bombs reach 1000x and more.
 
+Two limits hold while the main document inflates, for what the directory cannot show:
+
+* ``max_block_bytes``: XML of one paragraph or table (``BlockBudget``). Each block is
+  parsed as a tree, and a tree costs ~30 times its XML: one 100 MB paragraph (2 MB
+  compressed, ratio 51) took 10 s and 2.9 GB before this limit. The largest block in the
+  evaluation files is 6 KB.
+* ``max_text_chars``: the extracted text (checked by the parser, block by block).
+
+Embedded objects (``word/embeddings``: spreadsheets, other DOCX, any zip) are never opened,
+so archives nested in archives cost nothing beyond their entry in the directory.
+
 The declared sizes can be trusted as upper bounds: ``zipfile`` never returns more bytes
 than an entry declares, and a CRC or length mismatch fails the read (→ ``corrupt_file``).
 """
@@ -35,7 +46,9 @@ class ArchiveLimits:
     max_entries: int = 10_000
     max_uncompressed_bytes: int = 256 << 20
     max_compression_ratio: float = 100.0
-    max_part_bytes: int = 32 << 20  # XML parts read whole (styles, numbering, headers...)
+    max_part_bytes: int = 16 << 20  # XML parts read whole (styles, numbering, headers...)
+    max_block_bytes: int = 16 << 20  # XML of one paragraph or table of the main document
+    max_text_chars: int = 10_000_000  # extracted text (a 500-page book is about 1.5 million)
 
 
 class Package:
@@ -107,6 +120,34 @@ class Package:
                 yield stream
         except (zipfile.BadZipFile, zlib.error, EOFError) as error:  # bad CRC, truncated data while reading
             raise InvalidInput(f"The DOCX is damaged: {error}", reason="corrupt_file") from None
+
+
+class BlockBudget(io.RawIOBase):
+    """A part's stream that fails once more than ``limit`` bytes were read since the last
+    ``mark()``: the parser marks after each block, so no single block (or anything outside
+    the body) can make the tree grow past the limit."""
+
+    def __init__(self, stream: IO[bytes], limit: int):
+        super().__init__()
+        self._stream = stream
+        self._limit = limit
+        self._since_mark = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def mark(self) -> None:
+        self._since_mark = 0
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            size = self._limit + 1  # never read a whole part at once
+        data = self._stream.read(min(size, self._limit + 1))
+        self._since_mark += len(data)
+        if self._since_mark > self._limit:
+            raise InvalidInput(f"A paragraph or table of the DOCX is over {self._limit} bytes of XML.",
+                               reason="document_too_large")
+        return data
 
 
 def _count_entries(data: bytes, limit: int) -> int | None:

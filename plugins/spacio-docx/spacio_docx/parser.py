@@ -29,7 +29,7 @@ import defusedxml.ElementTree as SafeET
 from marshmallow import Schema, fields, validate
 
 from spacio.rag.contracts import Blob, InvalidInput, ParsedDocument, Section
-from spacio_docx.archive import ArchiveLimits, Package, rels_name, resolve
+from spacio_docx.archive import ArchiveLimits, BlockBudget, Package, rels_name, resolve
 
 MEDIA_TYPE = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
 
@@ -50,7 +50,7 @@ _NOT_TEXT = frozenset({
 # Wrappers around blocks, rows or cells whose content counts as if it were not wrapped.
 _TRANSPARENT = frozenset({"sdt", "sdtContent", "customXml", "ins", "moveTo", "smartTag"})
 _HEADING_STYLE = re.compile(r"^heading\s*([1-9])$", re.I)
-_SPACES = re.compile(r"[ \t\xa0]+")
+
 _ONLY_NUMBERS = re.compile(r"^[\W\d_]*$")
 _UNWANTED = re.compile("[\x00-\x08\x0b-\x1f\x7f\ud800-\udfff]")
 
@@ -61,6 +61,8 @@ class DocxOptionsSchema(Schema):
     max_entries = fields.Integer(validate=validate.Range(min=1))
     max_uncompressed_bytes = fields.Integer(validate=validate.Range(min=1))
     max_compression_ratio = fields.Float(validate=validate.Range(min=1))
+    max_block_bytes = fields.Integer(validate=validate.Range(min=1024))
+    max_text_chars = fields.Integer(validate=validate.Range(min=1))
     include_headers_footers = fields.Boolean()
 
 
@@ -100,9 +102,18 @@ def _child(element: ET.Element | None, name: str) -> ET.Element | None:
     return None
 
 
+def _squeeze(text: str) -> str:
+    """Runs of blanks as one space. ``re.sub`` would build an object per match, so a
+    paragraph of 15 MB of words took 185 MB; ``str.replace`` builds one string per pass."""
+    text = text.replace("\t", " ").replace("\xa0", " ")
+    while "  " in text:
+        text = text.replace("  ", " ")
+    return text
+
+
 def _clean(text: str) -> str:
     text = _UNWANTED.sub("", text.replace("\r", ""))
-    lines = (_SPACES.sub(" ", line).strip() for line in text.split("\n"))
+    lines = (_squeeze(line).strip() for line in text.split("\n"))
     return "\n".join(line for line in lines if line)
 
 
@@ -315,7 +326,7 @@ def _table_rows(table: ET.Element, depth: int = 0) -> list[str]:
                 else:
                     boxes: list[ET.Element] = []
                     parts.append(_paragraph_text(block, boxes))
-            text = _SPACES.sub(" ", " ".join(_clean(part).replace("\n", " ") for part in parts)).strip()
+            text = _squeeze(" ".join(_clean(part).replace("\n", " ") for part in parts)).strip()
             if text:
                 cells.append(text)
         if cells:
@@ -333,6 +344,11 @@ class _Document:
         self.headings: list[tuple[int, str]] = []
         self.blocks: list[tuple[str, bool]] = []  # (text, is a list item)
         self.title: str | None = None
+        self.chars = 0  # text added so far (max_text_chars)
+
+    def add(self, text: str, is_item: bool = False) -> None:
+        self.chars += len(text)
+        self.blocks.append((text, is_item))
 
     def block(self, element: ET.Element, depth: int = 0) -> None:
         kind = _key(element.tag)
@@ -341,7 +357,7 @@ class _Document:
         elif kind == "tbl":
             rows = _table_rows(element)
             if rows:
-                self.blocks.append(("\n".join(rows), False))
+                self.add("\n".join(rows))
         elif kind in _TRANSPARENT:
             for child in _items(element, _BLOCK_KINDS):
                 self.block(child, depth)
@@ -355,17 +371,17 @@ class _Document:
             level = _outline_level(ppr) or self.styles.heading_level(style)
             if self.styles.is_title(style):
                 self.title = self.title or text.replace("\n", " ")
-                self.blocks.append((text, False))
+                self.add(text)
             elif level is not None and depth == 0 and len(text) <= 300:
                 self.heading(level, text.replace("\n", " "))
             else:
                 numbering = _numbering(ppr) or self.styles.numbering(style)
                 marker = self.lists.marker(*numbering) if numbering else None
                 if marker is None:
-                    self.blocks.append((text, False))
+                    self.add(text)
                 else:
                     indent = "  " * numbering[1]
-                    self.blocks.append((f"{indent}{marker} {text}" if marker else f"{indent}{text}", True))
+                    self.add(f"{indent}{marker} {text}" if marker else f"{indent}{text}", True)
         if depth < 4:  # text boxes may hold text boxes; a few levels is plenty
             for box in boxes:
                 for child in _items(box, _BLOCK_KINDS):
@@ -376,7 +392,7 @@ class _Document:
         while self.headings and self.headings[-1][0] >= level:
             self.headings.pop()
         self.headings.append((level, text))
-        self.blocks.append((text, False))
+        self.add(text)
 
     def flush(self) -> None:
         if not self.blocks:
@@ -400,9 +416,11 @@ class DocxParser:
     options_schema = DocxOptionsSchema
 
     def __init__(self, max_entries: int = 10_000, max_uncompressed_bytes: int = 256 << 20,
-                 max_compression_ratio: float = 100.0, include_headers_footers: bool = True):
+                 max_compression_ratio: float = 100.0, include_headers_footers: bool = True,
+                 max_block_bytes: int = 16 << 20, max_text_chars: int = 10_000_000):
         self.limits = ArchiveLimits(max_entries=max_entries, max_uncompressed_bytes=max_uncompressed_bytes,
-                                    max_compression_ratio=max_compression_ratio)
+                                    max_compression_ratio=max_compression_ratio, max_block_bytes=max_block_bytes,
+                                    max_text_chars=max_text_chars)
         self.include_headers_footers = include_headers_footers
 
     def parse(self, blob: Blob) -> ParsedDocument:
@@ -421,7 +439,7 @@ class DocxParser:
         styles = _Styles(self._xml(package, self._related(relations, "styles", "word/styles.xml")))
         lists = _Lists(self._xml(package, self._related(relations, "numbering", "word/numbering.xml")))
         document = _Document(styles, lists)
-        self._read_body(package, main, document)
+        self._read_body(package, main, document, self.limits)
         document.flush()
         sections = document.sections
         if self.include_headers_footers:
@@ -432,10 +450,12 @@ class DocxParser:
         return ParsedDocument(sections=tuple(s for s in sections if s.text.strip()), title=title)
 
     @staticmethod
-    def _read_body(package: Package, main: str, document: _Document) -> None:
+    def _read_body(package: Package, main: str, document: _Document, limits: ArchiveLimits) -> None:
         """Parse the main part as it inflates; each block is handled and dropped as soon
-        as it is complete, so a large document never sits in memory as a tree."""
-        with package.open(main) as stream:
+        as it is complete, so a large document never sits in memory as a tree (and no
+        block may be larger than ``max_block_bytes`` of XML)."""
+        with package.open(main) as raw:
+            stream = BlockBudget(raw, limits.max_block_bytes)
             depth = 0
             body: ET.Element | None = None
             for event, element in SafeET.iterparse(stream, events=("start", "end"), forbid_dtd=True):
@@ -443,11 +463,16 @@ class DocxParser:
                     depth += 1
                     if depth == 2 and _key(element.tag) == "body":
                         body = element
+                        stream.mark()
                     continue
                 if depth == 3 and body is not None:
                     document.block(element)
                     element.clear()
                     body.remove(element)
+                    stream.mark()
+                    if document.chars > limits.max_text_chars:
+                        raise InvalidInput(f"The DOCX has more than {limits.max_text_chars} characters of text.",
+                                           reason="document_too_large")
                 depth -= 1
 
     @staticmethod

@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import struct
 import time
+import tracemalloc
 import zipfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -106,10 +108,14 @@ def parse(data: bytes, **options):
     return DocxParser(**options).parse(Blob(data, DOCX, "test.docx"))
 
 
-def reason_of(data: bytes, **options) -> str:
+def refusal(data: bytes, **options) -> InvalidInput:
     with pytest.raises(InvalidInput) as raised:
         parse(data, **options)
-    return raised.value.reason
+    return raised.value
+
+
+def reason_of(data: bytes, **options) -> str:
+    return refusal(data, **options).reason
 
 
 def eval_doc(name: str):
@@ -384,3 +390,170 @@ def test_the_entry_point_names_the_parser():
 
     (entry_point,) = [e for e in entry_points(group="spacio.parsers") if e.name == "docx"]
     assert entry_point.load() is DocxParser
+
+
+# --------------------------------------------------------------------------- hostile archives: time and memory
+
+def bounded(action, seconds: float, megabytes: float):
+    """Run ``action`` twice: timed, then under tracemalloc for its peak of Python-allocated
+    memory (zlib's and expat's buffers included; tracemalloc slows it, so the time is taken
+    without it). Both are printed (``pytest -s``) and asserted; returns the first result."""
+    started = time.perf_counter()
+    result = action()
+    elapsed = time.perf_counter() - started
+    tracemalloc.start()
+    try:
+        action()
+        peak = tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+    print(f"\n  {elapsed:.3f} s, peak {peak:.1f} MiB (limits {seconds} s, {megabytes} MiB)")
+    assert elapsed < seconds and peak < megabytes, (elapsed, peak)
+    return result
+
+
+def deflate_bomb(size: int, name: str = "word/document.xml", prefix: bytes = b"", extra: dict | None = None) -> bytes:
+    """An honest zip (true sizes, true CRC) whose ``name`` inflates to ``size`` bytes: ``prefix``
+    then blanks. One compressed MiB ends in a full flush, so it can be repeated as is."""
+    unit = b" " * (1 << 20)
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    head = compressor.compress(prefix) + compressor.flush(zlib.Z_FULL_FLUSH)
+    repeat = compressor.compress(unit) + compressor.flush(zlib.Z_FULL_FLUSH)
+    count = size // len(unit)
+    stream = head + repeat * count + zlib.compressobj(9, zlib.DEFLATED, -15).flush()
+    crc = zlib.crc32(prefix)
+    for _ in range(count):
+        crc = zlib.crc32(unit, crc)
+    total = len(prefix) + count * len(unit)
+    assert total < 1 << 32  # no zip64 needed
+    out, central = io.BytesIO(), io.BytesIO()
+    files = [(name.encode(), stream, crc, total, 8)]
+    for other, data in (extra or {}).items():
+        files.append((other.encode(), data, zlib.crc32(data), len(data), 0))
+    for encoded, data, crc32, plain, method in files:
+        offset = out.tell()
+        out.write(struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, method, 0, 0, crc32, len(data), plain,
+                              len(encoded), 0) + encoded + data)
+        central.write(struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, method, 0, 0, crc32, len(data),
+                                  plain, len(encoded), 0, 0, 0, 0, 0, offset) + encoded)
+    directory = central.getvalue()
+    return out.getvalue() + directory + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(files), len(files),
+                                                   len(directory), out.tell(), 0)
+
+
+def test_a_bomb_of_two_gigabytes_is_refused_from_its_directory():
+    bomb = deflate_bomb(2 << 30, prefix=f"<w:document {W}><w:body><w:p><w:r><w:t>".encode())
+    assert len(bomb) < 3_000_000
+    info = zipfile.ZipFile(io.BytesIO(bomb)).getinfo("word/document.xml")
+    assert info.file_size > 2 << 30
+    error = bounded(lambda: refusal(bomb), seconds=0.5, megabytes=16)
+    assert error.reason == "archive_too_large" and "at most 268435456" in error.message
+
+
+def test_the_bomb_is_honest(tmp_path):
+    """The bomb really inflates to what it declares (checked on a small one)."""
+    bomb = deflate_bomb(5 << 20, prefix=b"<x>")
+    with zipfile.ZipFile(io.BytesIO(bomb)) as archive:
+        assert archive.read("word/document.xml") == b"<x>" + b" " * (5 << 20)  # CRC checked too
+
+
+def _paragraph_docx(xml_piece: bytes, size: int, per_paragraph: bool = False) -> bytes:
+    """A main document of about ``size`` bytes: ``xml_piece`` repeated inside one paragraph,
+    or as many paragraphs; compressed below the ratio limit (random words)."""
+    import random
+
+    words = random.Random(7)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        with archive.open("word/document.xml", "w") as stream:
+            stream.write(f"<w:document {W}><w:body>".encode())
+            stream.write(b"" if per_paragraph else b"<w:p>")
+            written = 0
+            while written < size:
+                salt = "".join(words.choice("bcdfghjklmnpqrstvwxz") for _ in range(6)).encode()
+                piece = xml_piece.replace(b"SALT", salt) * 64
+                piece = b"<w:p>" + piece + b"</w:p>" if per_paragraph else piece
+                stream.write(piece)
+                written += len(piece)
+            stream.write(b"" if per_paragraph else b"</w:p>")
+            stream.write(b"</w:body></w:document>")
+    return buffer.getvalue()
+
+
+def test_one_huge_paragraph_under_the_ratio_limit_stops_at_the_block_limit():
+    """100 MB of XML in one paragraph, compressed 50:1 (under the ratio limit): refused once
+    16 MiB are read. Before the block limit such a paragraph took 10 s and 2.9 GB."""
+    data = _paragraph_docx(b"<w:r><w:t>SALT la la la la la la la la la la la la la la la</w:t></w:r>", 100 << 20)
+    assert len(data) < 8_000_000
+    assert bounded(lambda: refusal(data), seconds=10, megabytes=96).reason == "document_too_large"
+
+
+@pytest.mark.parametrize("piece", [
+    b"<w:r><w:t>SALT  a  b  c  d  e  f  g  h</w:t></w:r>",  # a blank run every other character
+    b"<w:r><w:t>SALT</w:t><w:br/><w:t>a</w:t><w:br/><w:t>b</w:t><w:br/></w:r>",  # a line per word
+    b"<w:r><w:t>a</w:t></w:r><w:r><w:t>SALT</w:t></w:r>",  # an element per character
+], ids=["blanks", "breaks", "runs"])
+def test_the_worst_paragraph_under_the_block_limit_stays_bounded(piece):
+    """The dearest shapes of text just under the block limit (4 MiB here; at the default
+    16 MiB the peaks are 100-170 MiB and 3-10 s): memory stays within ~12 times the block.
+    defusedxml's parser is pure Python: about 6 µs per element."""
+    data = _paragraph_docx(piece, 4 << 20)
+    document = bounded(lambda: parse(data, max_block_bytes=5 << 20), seconds=15, megabytes=12 * 5)
+    assert len(document.sections) == 1 and len(document.text) > 300_000
+    assert reason_of(data, max_block_bytes=3 << 20) == "document_too_large"
+
+
+def test_a_document_over_the_text_limit_fails_as_too_large():
+    data = _paragraph_docx(b"<w:r><w:t>SALT words of a long document</w:t></w:r>", 2 << 20, per_paragraph=True)
+    assert parse(data).text  # within the default limits
+    error = bounded(lambda: refusal(data, max_text_chars=100_000), seconds=2, megabytes=64)
+    assert error.reason == "document_too_large"
+
+
+def test_overlapping_entries_cannot_multiply_one_inflation():
+    """A non-recursive zip bomb: many directory entries pointing at the same compressed data.
+    Their declared sizes add up, so the total limit refuses it before anything inflates."""
+    import random
+
+    noise = random.Random(3).randbytes(1 << 20)  # incompressible: each entry's ratio is 1
+    data = bytearray(_zip({"word/document.xml": f"<w:document {W}><w:body/></w:document>".encode(),
+                           "word/media/a.bin": noise}, compression=zipfile.ZIP_STORED))
+    end = data.rfind(b"PK\x05\x06")
+    directory_size, directory_offset = struct.unpack_from("<II", data, end + 12)
+    directory = bytes(data[directory_offset:directory_offset + directory_size])
+    record = directory[directory.find(b"PK\x01\x02", 1):]  # the media entry's central record
+    copies = [record.replace(b"word/media/a.bin", f"word/media/{i:05d}".encode()[:16].ljust(16, b"x"))
+              for i in range(400)]
+    directory += b"".join(copies)
+    count = 2 + len(copies)
+    bomb = (bytes(data[:directory_offset]) + directory
+            + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, count, count, len(directory), directory_offset, 0))
+    assert len(zipfile.ZipFile(io.BytesIO(bomb)).infolist()) == count  # 400 MiB declared from 1 MiB
+    assert bounded(lambda: refusal(bomb), seconds=0.5, megabytes=32).reason == "archive_too_large"
+
+
+def _nested(depth: int, core: bytes) -> bytes:
+    """A DOCX whose word/embeddings holds a DOCX holding a DOCX ... ``depth`` deep, ``core``
+    (a bomb) in the innermost one."""
+    inner = core
+    for level in range(depth):
+        inner = make_docx(p(f"level {level}"), parts={f"word/embeddings/oleObject{level}.docx": inner,
+                                                    "word/embeddings/package.zip": _zip({"a.zip": inner[:1000]})})
+    return inner
+
+
+def test_archives_nested_deeply_in_embeddings_are_never_opened():
+    """Embedded objects are not read: a chain of 30 DOCX with a 2 GB bomb at the bottom
+    costs one directory read, and the outer document's text comes out."""
+    bomb = deflate_bomb(2 << 30, prefix=b"<w:document>")
+    data = _nested(30, bomb)
+    from spacio.rag.sniff import sniff
+
+    assert sniff(data, "nested.docx") == DOCX
+    assert bounded(lambda: parse(data), seconds=1, megabytes=64).text == "level 29"
+
+
+def test_a_zip_of_zips_is_not_a_docx():
+    from spacio.rag.sniff import sniff
+
+    assert sniff(_zip({f"{i}.zip": _zip({"word/document.xml": b"<x/>"}) for i in range(10)}), "a.docx") is None

@@ -1,0 +1,93 @@
+"""``wsgi.py`` under gevent monkey patching (what gunicorn's gevent worker does) with
+psycopg 3 on PostgreSQL: a query waits without blocking the other greenlets, and several
+queries at once overlap instead of running one after the other.
+
+The check runs in a subprocess: monkey patching has to happen before anything imports
+``socket`` or ``threading``, which pytest itself has long done."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.integration.workers import ROOT, worker_env
+
+pytestmark = pytest.mark.parametrize("database", ["postgres"], indirect=True)
+
+SLEEP = 0.5
+CONCURRENT = 5
+
+SCRIPT = f"""
+from gevent import monkey
+monkey.patch_all()  # as gunicorn's gevent worker does, before the app is imported
+
+import json, time
+import gevent
+from sqlalchemy import text
+
+from wsgi import app  # the Procfile's entry point, configured from SPACIO_* like in production
+from spacio.extensions import db
+
+
+def sleep_in_db():
+    with app.app_context():
+        started = time.perf_counter()
+        db.session.execute(text("SELECT pg_sleep({SLEEP})"))
+        db.session.rollback()
+        return time.perf_counter() - started
+
+
+ticks = []
+running = True
+
+
+def ticker():
+    while running:
+        ticks.append(time.perf_counter())
+        gevent.sleep(0.01)
+
+
+with app.app_context():
+    db.session.execute(text("SELECT 1"))  # connect once, outside the measurement
+    engine = db.engine.url.get_backend_name() + "+" + db.engine.url.get_driver_name()
+
+tick = gevent.spawn(ticker)
+gevent.sleep(0.05)
+one = gevent.spawn(sleep_in_db).get()
+gaps_one = [b - a for a, b in zip(ticks, ticks[1:])]
+
+ticks.clear()
+started = time.perf_counter()
+several = [g.get() for g in [gevent.spawn(sleep_in_db) for _ in range({CONCURRENT})]]
+wall = time.perf_counter() - started
+gaps_several = [b - a for a, b in zip(ticks, ticks[1:])]
+running = False
+tick.join()
+
+import psycopg.waiting
+print(json.dumps({{
+    "engine": engine, "patched": monkey.is_module_patched("socket"),
+    "wait": psycopg.waiting.wait.__name__,
+    "one": one, "ticks_one": len(gaps_one) + 1, "max_gap_one": max(gaps_one),
+    "several": several, "wall": wall, "ticks_several": len(gaps_several) + 1, "max_gap_several": max(gaps_several),
+}}))
+"""
+
+
+def test_database_calls_do_not_block_other_greenlets(database, tmp_path):
+    result = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=worker_env(tmp_path),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    print("\n ", measured)
+
+    assert measured["engine"] == "postgresql+psycopg" and measured["patched"]
+    # one query of SLEEP seconds: the ticker kept its 10 ms beat all along
+    assert measured["one"] >= SLEEP
+    assert measured["ticks_one"] >= SLEEP / 0.01 * 0.6, measured
+    assert measured["max_gap_one"] < 0.1, measured
+    # several at once: they overlap (one after the other would take CONCURRENT * SLEEP)
+    assert measured["wall"] < SLEEP * 2, measured
+    assert all(s >= SLEEP for s in measured["several"])
+    assert measured["max_gap_several"] < 0.1, measured
