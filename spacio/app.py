@@ -1,5 +1,6 @@
 """The application factory: config -> extensions -> errors -> blueprints."""
 
+import logging
 import os
 import re
 import uuid
@@ -10,10 +11,11 @@ from sqlalchemy import event
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from spacio import config as config_module
-from spacio import errors, jobs, mail, rag
+from spacio import errors, jobs, logs, mail, metrics, rag
 from spacio.documents.uploads import UploadRequest
 from spacio.extensions import api, cors, db, jwt, limiter, migrate
 
+log = logging.getLogger(__name__)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
@@ -23,12 +25,14 @@ def create_app(config=None, **overrides):
     are imported and validated (``spacio.rag.PluginConfigError`` if they cannot work)."""
     app = Flask("spacio", instance_path=overrides.pop("INSTANCE_PATH", None) or _env_instance_path())
     config_module.load(app, config, overrides)
+    logs.init_app(app)  # once per process; a later app only sets format and level
     if app.config["PROXY_FIX_X_FOR"]:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=app.config["PROXY_FIX_X_FOR"], x_proto=1)
 
     app.request_class = UploadRequest  # per-file upload limit while the body streams in
     _init_database(app)
     _init_tokens(app)
+    _init_retry_after(app)  # before the limiter: its hook must run after the limiter's
     limiter.init_app(app)
     cors.init_app(
         app,
@@ -44,10 +48,15 @@ def create_app(config=None, **overrides):
     jobs.init_app(app)
     api.init_app(app)
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
+    api.spec.components.security_scheme("apiKeyAuth", {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                                                       "description": "a key from POST /api/v1/api-keys"})
     app.register_error_handler(errors.SpacioError, errors.handle_spacio_error)
     app.register_error_handler(sqlalchemy.exc.TimeoutError, errors.handle_pool_timeout)
+    app.register_error_handler(sqlalchemy.exc.OperationalError, errors.handle_database_unavailable)
+    app.register_error_handler(sqlalchemy.exc.InterfaceError, errors.handle_database_unavailable)
     _init_request_hooks(app)
 
+    from spacio.apikeys.routes import blp as apikeys_blp
     from spacio.auth.routes import blp as auth_blp
     from spacio.chat.routes import blp as chat_blp
     from spacio.documents.routes import blp as documents_blp
@@ -57,7 +66,7 @@ def create_app(config=None, **overrides):
     from spacio.spaces.routes import blp as spaces_blp
     from spacio.usage.routes import blp as usage_blp
 
-    for blp in (auth_blp, spaces_blp, invites_blp, documents_blp, chat_blp, usage_blp, plugins_blp):
+    for blp in (auth_blp, apikeys_blp, spaces_blp, invites_blp, documents_blp, chat_blp, usage_blp, plugins_blp):
         api.register_blueprint(blp)
     app.register_blueprint(ops_blp)
 
@@ -78,6 +87,18 @@ def _init_database(app):
     db.init_app(app)
     migrate.init_app(app, db, directory=app.config.get("MIGRATIONS_DIRECTORY") or _migrations_dir(),
                      compare_type=True, render_as_batch=True)
+    @app.teardown_appcontext  # runs before Flask-SQLAlchemy's own (teardowns run in reverse)
+    def _end_session(_exc):
+        """Give the session back; if the server died under it, the rollback of a dead
+        connection raises here, outside any handler (gunicorn would answer its own 500):
+        drop the session's connections instead, pre-ping replaces them."""
+        try:
+            db.session.remove()
+        except sqlalchemy.exc.DBAPIError:
+            log.warning("closing a session on a dead database connection", exc_info=True)
+            db.session.registry().invalidate()
+            db.session.registry.clear()
+
     if config_module.is_embedded(app):
         busy_ms = int(app.config["SQLITE_BUSY_TIMEOUT_MS"])
         with app.app_context():
@@ -120,6 +141,24 @@ def _init_tokens(app):
             return None
 
 
+def _init_retry_after(app):
+    """flask-limiter puts ``Retry-After`` (its window's reset) on every response of a rate-limited
+    route, and raises a 503's own (an upstream's ``retry_after``) to it. The header means "wait
+    this long" only on a 429 (the limiter's) and where the app set it (a 503): keep those only.
+    Registered before the limiter, so it runs after the limiter's hook (Flask runs
+    ``after_request`` hooks in reverse)."""
+
+    @app.after_request
+    def _retry_after(response):
+        if response.status_code != 429:
+            own = g.pop("retry_after", None)
+            if own is None:
+                response.headers.pop("Retry-After", None)
+            else:
+                response.headers["Retry-After"] = own
+        return response
+
+
 def _init_request_hooks(app):
     json_max = app.config["JSON_MAX_BYTES"]
 
@@ -127,10 +166,14 @@ def _init_request_hooks(app):
     def _before():
         rid = request.headers.get("X-Request-ID", "")
         g.request_id = rid if _REQUEST_ID.match(rid) else uuid.uuid4().hex
+        logs.request_started()
         if request.mimetype != "multipart/form-data":
             request.max_content_length = json_max  # only uploads may be large
 
     @app.after_request
     def _after(response):
+        g.retry_after = response.headers.get("Retry-After")  # before flask-limiter's hook changes it
         response.headers["X-Request-ID"] = g.get("request_id") or uuid.uuid4().hex
+        seconds, route = logs.request_finished(response)  # the access line
+        metrics.observe_request(request.method, route, response.status_code, seconds)
         return response

@@ -59,6 +59,11 @@ class Defaults:
     PASSWORD_RESET_RATE_LIMIT = "5 per minute;20 per hour"  # per client address and per email
     INVITE_ACCEPT_RATE_LIMIT = "20 per minute"  # per client address: token guessing
     INVITE_RATE_LIMIT = "60 per hour"  # invite requests per user (each up to 50 emails)
+    # every authenticated request, per principal: a user (all their JWT sessions together) or one
+    # API key (each key its own budget); a frontend polling a document once a second uses 60
+    API_RATE_LIMIT = "600 per minute"
+    UPLOAD_RATE_LIMIT = "30 per minute;300 per hour"  # upload requests per principal, on top of API_RATE_LIMIT
+    API_KEYS_MAX_PER_USER = 20  # API keys a user may hold at once (each has its own API_RATE_LIMIT)
     # trusted reverse proxies in front of the app (X-Forwarded-For hops), 0 = none
     PROXY_FIX_X_FOR = 0
 
@@ -117,6 +122,14 @@ class Defaults:
     CHAT_MEMORY_TIMEOUT_S = 0.2  # Redis socket timeouts of the chat memory; slower = read the database
     CHAT_MEMORY_RETRY_S = 10  # after a Redis error the chat memory reads the database for this long
 
+    # operations: logs, readiness, metrics
+    # log lines: "json" (one object per line) or "text"; None: text on a terminal (make run),
+    # json otherwise (the Procfile's processes on a platform, whose log collectors parse JSON)
+    LOG_FORMAT = None
+    LOG_LEVEL = "INFO"  # root log level; DEBUG also logs the requests to /health, /ready and /metrics
+    READY_TIMEOUT_S = 2.0  # GET /ready: each check (database, Redis, vector store) gets this long
+    METRICS_TOKEN = None  # GET /metrics needs "Authorization: Bearer <token>" when set; open when unset
+
     # OpenAPI: spec at /api/v1/openapi.json, Swagger UI at /docs, ReDoc at /redoc, all local
     API_TITLE = "Spacio"
     API_VERSION = "v1"
@@ -124,7 +137,8 @@ class Defaults:
         "info": {
             "description": (
                 "Collaborative knowledge spaces. Log in with `POST /api/v1/auth/login` and send the "
-                "access token as `Authorization: Bearer <token>`. Lists are paginated with `page` and "
+                "access token as `Authorization: Bearer <token>`, or an API key (`POST /api/v1/api-keys`, one "
+                "space) as `X-API-Key: <key>`. Lists are paginated with `page` and "
                 "`page_size`; the `X-Pagination` header carries the totals. Every error has one body: "
                 "`{code, status, message, reason, errors}`; switch on `reason`."
             )

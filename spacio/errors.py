@@ -9,6 +9,7 @@ frontend can switch on, ``message`` a sentence for humans, ``errors`` per-field
 details (validation) or ``{}``.
 """
 
+import logging
 from http import HTTPStatus
 
 import marshmallow as ma
@@ -139,6 +140,16 @@ def handle_pool_timeout(error):
     overloaded, not broken. 503 with Retry-After, so a client backs off instead of seeing a 500."""
     return Unavailable("The server is busy; retry in a moment.", reason="database_busy",
                        headers={"Retry-After": "1"}).to_response()
+
+
+def handle_database_unavailable(error):
+    """The database cannot be reached (a restart, a failover, SQLite locked past its busy
+    timeout): 503 with Retry-After, fast, never a 500; pool_pre_ping replaces the dead
+    connections once it is back."""
+    logging.getLogger("spacio.db").warning("database unavailable: %s", error.__class__.__name__,
+                                           exc_info=error)
+    return Unavailable("The database is unavailable; retry in a moment.", reason="database_unavailable",
+                       headers={"Retry-After": "2"}).to_response()
 
 
 def http_exception_response(error):

@@ -5,11 +5,12 @@ import functools
 from http import HTTPStatus
 
 import flask_smorest
-from flask import current_app, request
+from flask import current_app, g, request
 from flask_jwt_extended import jwt_required
 from sqlalchemy import func, select
 
 from spacio import errors
+from spacio.auth import principal
 
 
 class Api(flask_smorest.Api):
@@ -17,6 +18,16 @@ class Api(flask_smorest.Api):
 
     def handle_http_exception(self, error):
         return errors.http_exception_response(error)
+
+
+def _api_rate_limit():
+    return current_app.config["API_RATE_LIMIT"]
+
+
+def authenticate_key(header, allowed):
+    from spacio.apikeys.services import authenticate
+
+    return authenticate(header, allowed)
 
 
 def client_address():
@@ -37,6 +48,18 @@ class Blueprint(flask_smorest.Blueprint):
         metadata = flask_smorest.Blueprint._make_pagination_metadata(page, page_size, item_count)
         metadata.update(page=page, page_size=page_size)
         return metadata
+
+    def _document_pagination_metadata(self, spec, resp_doc):
+        """X-Pagination is what the server sends: a string, the metadata as JSON (smorest
+        documents it as an object, which no header value is)."""
+        resp_doc.setdefault("headers", {})[self.PAGINATION_HEADER_NAME] = {
+            "description": "The page, as a JSON object: `total` (items), `total_pages`, `page` and `page_size` "
+                           "(as asked for); when there are items also `first_page` and `last_page`, and "
+                           "`previous_page` and `next_page` where there is one.",
+            "schema": {"type": "string",
+                       "example": '{"total": 120, "total_pages": 3, "first_page": 1, "last_page": 3, '
+                                  '"page": 1, "next_page": 2, "page_size": 50}'},
+        }
 
     def arguments(self, schema, *, location="json", **kwargs):
         parse = super().arguments(schema, location=location, **kwargs)
@@ -67,15 +90,57 @@ class Blueprint(flask_smorest.Blueprint):
 
         return decorator
 
-    def login_required(self, view=None, *, refresh=False):
-        """Require a valid access (or refresh) JWT; documents the security scheme and 401."""
+    def login_required(self, view=None, *, refresh=False, api_key=None):
+        """Require a valid access (or refresh) JWT, or an ``X-API-Key``; documents the
+        security schemes, 401 and 403. Every authenticated request counts against
+        ``API_RATE_LIMIT`` for its principal (``spacio.auth.principal()``).
+
+        ``api_key``: whether the route takes API keys (403 ``api_key_not_allowed`` otherwise).
+        None (the default) = the routes inside one space (with a ``space_id`` in the path),
+        where a key's scope applies; account routes and the like do not take keys."""
+        from spacio.extensions import limiter
 
         def decorator(view):
-            view = jwt_required(refresh=refresh)(view)
-            view = self.doc(security=[{"bearerAuth": []}])(view)
-            return self.errors(401)(view)
+            scope = {"api_key": api_key}  # resolved by add_url_rule once the route is known
+            limited = limiter.shared_limit(_api_rate_limit, scope="api", key_func=principal)(view)
+            with_jwt = jwt_required(refresh=refresh)(limited)
+
+            @functools.wraps(limited)
+            def authenticated(*args, **kwargs):
+                header = request.headers.get("X-API-Key")
+                if header is None or refresh or "Authorization" in request.headers:
+                    return with_jwt(*args, **kwargs)
+                allowed = scope["api_key"]
+                if allowed is None:
+                    allowed = "space_id" in (request.view_args or {})
+                user, key = authenticate_key(header, allowed)
+                # what flask-jwt-extended keeps for a verified token: current_user and
+                # get_jwt_identity() are the key's creator for code written for JWTs
+                g._jwt_extended_jwt_user = {"loaded_user": user}
+                g._jwt_extended_jwt = {"sub": str(user.id), "api_key": str(key.id)}
+                return limited(*args, **kwargs)
+
+            authenticated._spacio_auth = scope
+            view = self.doc(security=[{"bearerAuth": []}])(authenticated)
+            view._spacio_auth = scope
+            return self.errors(401, 403, 429)(view)
 
         return decorator(view) if view is not None else decorator
+
+    def add_url_rule(self, rule, endpoint=None, view_func=None, **options):
+        """Document ``apiKeyAuth`` on the operations that take API keys (see login_required)."""
+        views = [view_func]
+        if isinstance(view_func, type):
+            views = [getattr(view_func, method.lower(), None) for method in getattr(view_func, "methods", ())]
+        for view in views:
+            scope = getattr(view, "_spacio_auth", None)
+            if scope is None:
+                continue
+            if scope["api_key"] is None:
+                scope["api_key"] = "<space_id>" in rule or ":space_id>" in rule
+            if scope["api_key"]:
+                view._apidoc["manual_doc"]["security"] = [{"bearerAuth": []}, {"apiKeyAuth": []}]
+        return super().add_url_rule(rule, endpoint, view_func, **options)
 
     def limit(self, config_key, key_func=None):
         """Rate-limit a view by a limit string read from config; documents 429."""
@@ -95,5 +160,8 @@ def paginate(statement, pagination_parameters, session, *, rows=False):
     total = session.scalar(select(func.count()).select_from(statement.order_by(None).subquery()))
     pagination_parameters.item_count = total
     page, size = pagination_parameters.page, pagination_parameters.page_size
-    result = session.execute(statement.limit(size).offset((page - 1) * size))
+    offset = (page - 1) * size
+    if offset >= total:  # past the end; also keeps a huge page number out of the SQL (bigint)
+        return []
+    result = session.execute(statement.limit(size).offset(offset))
     return result.all() if rows else result.scalars().all()

@@ -14,12 +14,24 @@ import logging
 import threading
 
 import dramatiq
+import dramatiq.errors
+import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import CurrentMessage
+from dramatiq.middleware import CurrentMessage, Middleware
 from flask import current_app
 
+from spacio import logs
+
 log = logging.getLogger(__name__)
+
+
+class QueueUnavailable(Exception):
+    """The broker refused messages; ``unsent`` holds the document ids that are not queued."""
+
+    def __init__(self, unsent):
+        super().__init__(f"{len(unsent)} documents could not be queued")
+        self.unsent = unsent
 
 INGEST_QUEUE = "ingest"
 INGEST_ACTOR = "ingest_document"
@@ -34,6 +46,9 @@ def init_app(app):
     else:
         broker = StubBroker()
     broker.add_middleware(CurrentMessage())
+    # first: its before_ hooks run first and its after_ hooks last (Dramatiq runs those in
+    # reverse), so the other middleware's lines (Retries' "retrying") carry the id too
+    broker.add_middleware(RequestIdMiddleware(), before=type(broker.middleware[0]))
     ingest = dramatiq.Actor(
         _ingest_in(app), broker=broker, actor_name=INGEST_ACTOR, queue_name=INGEST_QUEUE, priority=0,
         options={
@@ -44,6 +59,26 @@ def init_app(app):
         },
     )
     app.extensions["spacio.jobs"] = Jobs(app, broker, ingest)
+
+
+class RequestIdMiddleware(Middleware):
+    """Carries the request id into the messages a request enqueues (message option
+    ``request_id``; retries keep their options), and sets it for the log lines of the
+    worker thread while it processes the message (``spacio.logs``)."""
+
+    def before_enqueue(self, broker, message, delay):
+        request_id = logs.current_request_id()
+        if request_id and "request_id" not in message.options:
+            message.options["request_id"] = request_id
+
+    def before_process_message(self, broker, message):
+        logs.set_job_request_id(message.options.get("request_id"))
+
+    def after_process_message(self, broker, message, *, result=None, exception=None):
+        logs.set_job_request_id(None)
+
+    def after_skip_message(self, broker, message):
+        logs.set_job_request_id(None)
 
 
 def _ingest_in(app):
@@ -76,11 +111,21 @@ class Jobs:
     def enqueue_ingest(self, document_ids):
         """Queue documents for ingestion; call after their rows are committed. In the
         embedded default the in-process worker starts on first use if the server did not
-        start it."""
+        start it. Raises ``QueueUnavailable`` with the ids the broker refused (Redis down)."""
         sent = self.start_inprocess_worker() if self.inprocess else set()
+        unsent = []
         for document_id in document_ids:
-            if document_id not in sent:
-                self.ingest.send(str(document_id))
+            if document_id in sent:
+                continue
+            if not unsent:  # once the broker has refused one, do not wait on it for each
+                try:
+                    self.ingest.send(str(document_id))
+                    continue
+                except (redis.RedisError, dramatiq.errors.BrokerConnectionError) as exc:
+                    log.warning("the ingestion queue refused a message: %s", exc.__class__.__name__)
+            unsent.append(document_id)
+        if unsent:
+            raise QueueUnavailable(unsent)
 
     def start_inprocess_worker(self):
         """Start the embedded default's worker threads (once) and re-enqueue the documents

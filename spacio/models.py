@@ -1,5 +1,6 @@
 """Every model, imported in one place so the metadata (Alembic, create_all) is complete."""
 
+from spacio.apikeys.models import ApiKey
 from spacio.auth.models import AuthSession, PasswordReset, User
 from spacio.chat.models import Conversation, Message
 from spacio.documents.models import Chunk, Document, DocumentFile
@@ -8,5 +9,5 @@ from spacio.mail import OutboxMessage
 from spacio.spaces.models import Membership, Space
 from spacio.usage.models import UsageRecord
 
-__all__ = ["AuthSession", "Chunk", "Conversation", "Document", "DocumentFile", "Invite", "Membership", "Message",
-           "OutboxMessage", "PasswordReset", "Space", "UsageRecord", "User"]
+__all__ = ["ApiKey", "AuthSession", "Chunk", "Conversation", "Document", "DocumentFile", "Invite", "Membership",
+           "Message", "OutboxMessage", "PasswordReset", "Space", "UsageRecord", "User"]

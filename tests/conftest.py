@@ -27,10 +27,11 @@ STRONG_PASSWORD = "lavender-Orbit-73-quietly"
 
 
 def pytest_terminal_summary(terminalreporter):
-    fuzz = sys.modules.get("tests.integration.test_schemathesis")
-    if fuzz is not None and fuzz.CASES:
-        counts = ", ".join(f"{backend}: {n}" for backend, n in sorted(fuzz.CASES.items()))
-        terminalreporter.write_line(f"schemathesis cases run ({counts})")
+    for module in ("tests.integration.test_schemathesis", "tests.integration.test_schemathesis_live"):
+        fuzz = sys.modules.get(module)
+        if fuzz is not None and fuzz.CASES:
+            counts = ", ".join(f"{backend}: {n}" for backend, n in sorted(fuzz.CASES.items()))
+            terminalreporter.write_line(f"schemathesis cases run ({counts})")
 
 
 def postgres_url():

@@ -1,5 +1,3 @@
-import unicodedata
-
 import marshmallow as ma
 
 from spacio.chat.models import ROLES, STATUSES
@@ -9,7 +7,7 @@ from spacio.schemas import Timestamp, Trimmed
 
 class SearchSchema(ma.Schema):
     query = Trimmed(required=True, validate=ma.validate.Length(min=1, max=2000))
-    top_k = ma.fields.Integer(validate=ma.validate.Range(min=1, max=100),
+    top_k = ma.fields.Integer(strict=True, validate=ma.validate.Range(min=1, max=100),
                               metadata={"description": "hits to return; default: the space's top_k, else 10"})
     mode = ma.fields.String(load_default="hybrid", validate=ma.validate.OneOf(MODES),
                             metadata={"description": "hybrid (vectors and keywords, fused), vector or keyword"})
@@ -31,19 +29,16 @@ class SearchResultSchema(ma.Schema):
 
 # --------------------------------------------------------------------------- questions and chats
 
-class Text(ma.fields.String):
+class Text(Trimmed):
     """A question: trimmed, line breaks and tabs allowed, no other control characters."""
 
-    def _deserialize(self, value, attr, data, **kwargs):
-        value = super()._deserialize(value, attr, data, **kwargs).strip()
-        if any(unicodedata.category(ch) in ("Cc", "Cs") and ch not in "\n\r\t" for ch in value):
-            raise ma.ValidationError("Control characters other than line breaks and tabs are not allowed.")
-        return value
+    ALLOWED_CONTROLS = "\n\r\t"
+    CONTROL_MESSAGE = "Control characters other than line breaks and tabs are not allowed."
 
 
 class QuerySchema(ma.Schema):
     question = Text(required=True, validate=ma.validate.Length(min=1, max=4000))
-    top_k = ma.fields.Integer(validate=ma.validate.Range(min=1, max=100),
+    top_k = ma.fields.Integer(strict=True, validate=ma.validate.Range(min=1, max=100),
                               metadata={"description": "passages to retrieve; default: the space's top_k, else 10"})
 
 

@@ -4,6 +4,7 @@ from flask import Response, request
 from flask.views import MethodView
 from flask_jwt_extended import current_user
 
+from spacio.auth import principal
 from spacio.documents import schemas, services
 from spacio.errors import SpacioError, UnsupportedMediaType
 from spacio.extensions import db
@@ -31,6 +32,7 @@ class Documents(MethodView):
                         pagination_parameters, db.session)
 
     @blp.login_required
+    @blp.limit("UPLOAD_RATE_LIMIT", key_func=principal)
     @blp.arguments(schemas.UploadSchema, location="files")
     @blp.response(202, schemas.UploadResultSchema)
     @blp.errors(403, 404, 413, 415)
@@ -89,7 +91,7 @@ def document_file(space_id, document_id):
 @blp.route("/<uuid:space_id>/documents/<uuid:document_id>/reindex", methods=["POST"])
 @blp.login_required
 @blp.response(202, schemas.DocumentSchema)
-@blp.errors(403, 404, 409)
+@blp.errors(403, 404, 409, 503)
 def reindex_document(space_id, document_id):
     """Parse, chunk and embed a document again (editor)"""
     return services.reindex(current_user, space_id, document_id)

@@ -9,9 +9,9 @@ from sqlalchemy.exc import IntegrityError
 from spacio.db import utcnow
 from spacio.documents.models import UNFINISHED, Chunk, Document, DocumentFile
 from spacio.documents.uploads import read_upload, safe_filename
-from spacio.errors import Conflict, Invalid, NotFound
+from spacio.errors import Conflict, Invalid, NotFound, Unavailable
 from spacio.extensions import db
-from spacio.jobs import jobs
+from spacio.jobs import QueueUnavailable, jobs
 from spacio.rag import pipeline, registry
 from spacio.rag.sniff import sniff
 from spacio.spaces.services import READ, WRITE, access
@@ -46,8 +46,8 @@ def add_documents(user, space_id, files):
             db.session.rollback()
             if attempt == 2:
                 raise
-    jobs().enqueue_ingest(queued)
-    return documents, len(queued)
+    refused = _enqueue(queued)
+    return documents, len(queued) - refused
 
 
 def _store(space, user, uploads):
@@ -148,7 +148,8 @@ def reindex(user, space_id, document_id):
                        reason="file_not_kept")
     _requeue(select(Document.id).where(Document.id == doc.id))
     db.session.commit()
-    jobs().enqueue_ingest([doc.id])
+    if _enqueue([doc.id]):
+        raise _queue_unavailable()
     db.session.refresh(doc)
     return doc
 
@@ -166,8 +167,30 @@ def reindex_space(user, space_id):
     if ids:
         _requeue(select(Document.id).where(Document.id.in_(ids)))
     db.session.commit()
-    jobs().enqueue_ingest(ids)
+    if _enqueue(ids):
+        raise _queue_unavailable()
     return len(ids)
+
+
+def _enqueue(ids):
+    """Queue committed documents; returns how many the queue refused (Redis down). Those
+    fail with ``queue_unavailable`` instead of waiting ``queued`` for a message that does
+    not exist; their files are kept, so a reindex retries them."""
+    try:
+        jobs().enqueue_ingest(ids)
+        return 0
+    except QueueUnavailable as exc:
+        db.session.execute(
+            update(Document).where(Document.id.in_(exc.unsent), Document.status == "queued")
+            .values(status="failed", progress=0.0, error_reason="queue_unavailable", updated_at=utcnow(),
+                    error_message="The ingestion queue was unavailable; reindex the document to try again."))
+        db.session.commit()
+        return len(exc.unsent)
+
+
+def _queue_unavailable():
+    return Unavailable("The ingestion queue is unavailable; retry in a moment.", reason="queue_unavailable",
+                       headers={"Retry-After": "5"})
 
 
 def _requeue(ids_select):

@@ -9,7 +9,7 @@ STATUSES = ["pending", "accepted", "revoked", "expired"]
 class InviteCreateSchema(ma.Schema):
     emails = ma.fields.List(Email(), required=True, validate=ma.validate.Length(min=1, max=50))
     role = ma.fields.String(load_default="viewer", validate=ma.validate.OneOf(["viewer", "editor"]))
-    expires_in_hours = ma.fields.Integer(load_default=None, validate=ma.validate.Range(min=1, max=720),
+    expires_in_hours = ma.fields.Integer(strict=True, load_default=None, validate=ma.validate.Range(min=1, max=720),
                                          metadata={"description": "default 72"})
 
 

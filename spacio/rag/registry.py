@@ -196,6 +196,15 @@ class Registry:
                 except Exception:  # noqa: BLE001 - exiting: report and go on
                     log.exception("closing %s failed", type(plugin).__name__)
 
+    def ready(self, timeout: float) -> None:
+        """Readiness (``GET /ready``): call the selected vector store's optional
+        ``ready(timeout)``, which raises when the store cannot serve (a store without one
+        counts as ready). The other kinds are not asked: an embedder or generator behind a
+        paid API would be called on every probe."""
+        check = getattr(self.vector_store, "ready", None)
+        if callable(check):
+            check(timeout)
+
     def installed_plugins(self, kind):
         """``installed(kind)`` from this registry's one scan of the entry points."""
         if kind not in self._installed:

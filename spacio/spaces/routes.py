@@ -10,7 +10,7 @@ blp = Blueprint("spaces", __name__, url_prefix="/api/v1/spaces", description="Sp
 
 @blp.route("")
 class Spaces(MethodView):
-    @blp.login_required
+    @blp.login_required(api_key=True)  # through a key: the key's one space
     @blp.response(200, schemas.SpaceSchema(many=True))
     @blp.paginate()
     def get(self, pagination_parameters):

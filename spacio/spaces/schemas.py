@@ -8,11 +8,12 @@ class SettingsSchema(ma.Schema):
 
     system_prompt = ma.fields.String(allow_none=True, validate=ma.validate.Length(max=8000))
     temperature = ma.fields.Float(allow_none=True, validate=ma.validate.Range(min=0, max=2))
-    top_k = ma.fields.Integer(allow_none=True, validate=ma.validate.Range(min=1, max=100))
-    chunk_size = ma.fields.Integer(allow_none=True, validate=ma.validate.Range(min=64, max=4096),
+    top_k = ma.fields.Integer(strict=True, allow_none=True, validate=ma.validate.Range(min=1, max=100))
+    chunk_size = ma.fields.Integer(strict=True, allow_none=True, validate=ma.validate.Range(min=64, max=4096),
                                    metadata={"description": "tokens per chunk"})
-    chunk_overlap = ma.fields.Integer(allow_none=True, validate=ma.validate.Range(min=0, max=2048),
-                                      metadata={"description": "tokens shared by neighbouring chunks"})
+    chunk_overlap = ma.fields.Integer(strict=True, allow_none=True, validate=ma.validate.Range(min=0, max=2048),
+                                      metadata={"description": "tokens shared by neighbouring chunks; less than "
+                                                                 "half of chunk_size (422 otherwise)"})
 
 
 class SpaceSchema(ma.Schema):

@@ -1,7 +1,10 @@
 """Spaces, members and the rules of who may do what (API.md)."""
 
-from sqlalchemy import select
+import uuid
 
+from sqlalchemy import case, literal, select
+
+from spacio import auth
 from spacio.db import utcnow
 from spacio.errors import Conflict, Forbidden, Invalid, NotFound
 from spacio.extensions import db
@@ -20,8 +23,12 @@ def access(user, space_id, needs=READ):
     """The space, with the caller's ``role`` on it, if the caller may do what ``needs`` allows.
 
     A non-member gets 404 whatever they ask (existence is not revealed); a member without
-    the right gets 403.
+    the right gets 403. Through an API key the caller is the key's creator in the key's
+    one space only (404 elsewhere), with the lesser of the key's role and the creator's.
     """
+    key = _key_of(user)
+    if key is not None and key.space_id != _as_uuid(space_id):
+        raise NotFound("Space not found.", reason="space_not_found")
     row = db.session.execute(
         select(Space, Membership.role)
         .join(Membership, Membership.space_id == Space.id)
@@ -30,20 +37,43 @@ def access(user, space_id, needs=READ):
     if row is None:
         raise NotFound("Space not found.", reason="space_not_found")
     space, role = row
+    if key is not None and outranks(role, key.role):
+        role = key.role
     if outranks(needs, role):
-        raise Forbidden(f"This needs the {needs} role in this space; you are {role}.")
+        through = " (through an API key)" if key is not None else ""
+        raise Forbidden(f"This needs the {needs} role in this space; you are {role}{through}.")
     space.role = role  # the caller's role, shown on the space
     return space
 
 
+def _key_of(user):
+    """The request's API key scope when it acts for ``user``, else None."""
+    key = auth.api_key()
+    return key if key is not None and key.user_id == user.id else None
+
+
+def _as_uuid(value):
+    try:
+        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+    except ValueError:
+        return None
+
+
 def spaces_of(user):
-    """A select() of the user's spaces with the user's role, newest first."""
-    return (
-        select(Space, Membership.role)
+    """A select() of the user's spaces with the user's role, newest first (through an API
+    key: the key's space, with the key's role if lower)."""
+    key = _key_of(user)
+    role = Membership.role
+    if key is not None:
+        lesser = case((Membership.role == "viewer", "viewer"), else_=literal(key.role))
+        role = lesser.label("role")
+    statement = (
+        select(Space, role)
         .join(Membership, Membership.space_id == Space.id)
         .where(Membership.user_id == user.id)
         .order_by(Space.created_at.desc(), Space.id)
     )
+    return statement.where(Space.id == key.space_id) if key is not None else statement
 
 
 def with_roles(rows):
@@ -121,7 +151,11 @@ def change_role(user, space_id, member_id, role):
 
 def remove_member(user, space_id, member_id):
     """The owner removes a member, or a member leaves (removes themself)."""
-    space = access(user, space_id, READ if member_id == user.id else MANAGE)
+    leaving = member_id == user.id
+    space = access(user, space_id, READ if leaving else MANAGE)
+    if leaving and _key_of(user) is not None:
+        raise Forbidden("An API key cannot take its creator out of the space; log in to leave.",
+                        reason="api_key_not_allowed")
     member = _member(space, member_id)
     if member.role == "owner":
         raise Conflict("The owner cannot leave; transfer ownership or delete the space.", reason="owner_cannot_leave")

@@ -13,6 +13,7 @@ from sqlalchemy import case, func, insert, literal, select
 from spacio.db import utcnow
 from spacio.documents.models import Document
 from spacio.extensions import db
+from spacio.metrics import count_tokens
 from spacio.spaces.models import Space
 from spacio.usage.models import REQUESTS, UsageRecord
 
@@ -25,6 +26,7 @@ def add(user_id, space_id, kind, *, prompt_tokens=0, completion_tokens=0, embedd
     db.session.add(UsageRecord(user_id=user_id, space_id=space_id, kind=kind, prompt_tokens=int(prompt_tokens or 0),
                                completion_tokens=int(completion_tokens or 0),
                                embedding_tokens=int(embedding_tokens or 0)))
+    count_tokens(prompt_tokens, completion_tokens, embedding_tokens)  # /metrics (ingestion's: from documents)
 
 
 def record(user_id, space_id, kind, **tokens):

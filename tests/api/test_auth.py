@@ -779,6 +779,30 @@ def test_correctly_signed_token_with_odd_claims_is_401_not_500(client, changes):
     assert get_me(client, alice.tokens["access_token"]).status_code == 200
 
 
+def test_none_forged_expired_and_revoked_tokens_are_refused_on_space_routes_too(client):
+    """The same checks guard every route, not just /auth/me; and a bad JWT is not rescued by
+    a valid API key sent alongside (the Authorization header decides)."""
+    alice = client.user("alice@example.com")
+    space = client.space(alice)["id"]
+    key = client.post("/api/v1/api-keys", json={"name": "k", "space_id": space, "role": "viewer"},
+                      headers=alice.headers).json["key"]
+    payload = claims(alice.tokens["access_token"])
+    past = int(time.time()) - 60
+    revoked = login(client, alice.email).json
+    assert logout(client, revoked).status_code == 204
+    cases = {
+        "token_invalid": [_alg_none(alice.tokens, None), _wrong_key(alice.tokens, None)],
+        "token_expired": [_sign({**payload, "iat": past - 900, "nbf": past - 900, "exp": past})],
+        "token_revoked": [revoked["access_token"]],
+    }
+    for reason, tokens in cases.items():
+        for token in tokens:
+            for headers in ({}, {"X-API-Key": key}):
+                response = client.get(f"/api/v1/spaces/{space}", headers={**bearer(token), **headers})
+                assert_error(response, 401, reason)
+    assert client.get(f"/api/v1/spaces/{space}", headers={"X-API-Key": key}).status_code == 200
+
+
 def test_token_of_a_deleted_user_is_401(client):
     alice = client.user("alice@example.com")
     tokens = login(client, alice.email).json

@@ -7,6 +7,9 @@ API.md's table allows. Paths and bodies may use the placeholders {space_id}, {us
 (a viewer other than the caller), {invite_id} (a pending invite); an endpoint that needs
 another object (a document, a conversation, ...) creates it in `scene` and adds its id to
 `scene.ids`. test_every_space_route_is_in_the_table fails until a new route has its row.
+
+The same table runs with API-key principals (API.md "API keys"): a key acts as its creator
+in its one space with at most its role, and answers 404 in any other space.
 """
 
 import io
@@ -85,6 +88,20 @@ class Scene:
     members: dict  # role -> user with exactly that role
     outsider: object
     ids: dict  # placeholder -> id
+    keys: dict  # name -> Principal with X-API-Key headers
+
+
+@dataclass(frozen=True)
+class Principal:
+    headers: dict
+    email: str = "api-key@example.com"
+
+
+def api_key(client, user, space_id, role):
+    response = client.post(f"{PREFIX}/api-keys", json={"name": f"{role} key", "space_id": space_id, "role": role},
+                           headers=user.headers)
+    assert response.status_code == 201, response.json
+    return Principal({"X-API-Key": response.json["key"]})
 
 
 @pytest.fixture
@@ -115,7 +132,16 @@ def scene(client):
                            headers=members["viewer"].headers)
     assert response.status_code == 200, response.json
     ids["conversation_id"] = response.json["conversation_id"]
-    return Scene(owner, members, outsider, ids)
+    keys = {
+        # the viewer's own key: {conversation_id} is the viewer's
+        "viewer": api_key(client, members["viewer"], space_id, "viewer"),
+        # the owner's keys, capped below the owner's role
+        "editor": api_key(client, owner, space_id, "editor"),
+        "owner's viewer": api_key(client, owner, space_id, "viewer"),
+        # a key of the owner's other space: it finds nothing here
+        "other space": api_key(client, owner, client.space(owner, "Owner's other")["id"], "editor"),
+    }
+    return Scene(owner, members, outsider, ids, keys)
 
 
 def call(client, endpoint, user, ids):
@@ -153,6 +179,33 @@ def test_space_endpoints_are_isolated(client, scene, endpoint):
     assert response.status_code not in (401, 403, 404), response.get_json()
     if endpoint.ok is not None:
         assert response.status_code == endpoint.ok, response.get_json()
+
+
+KEY_ROLES = {"viewer": "viewer", "owner's viewer": "viewer", "editor": "editor"}
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS, ids=str)
+def test_space_endpoints_are_isolated_for_api_keys(client, scene, endpoint):
+    before = observable_state(client, scene)
+
+    # a key of another space: 404 as for a non-member, even though its creator owns this space
+    assert_error(call(client, endpoint, scene.keys["other space"], scene.ids), 404, "space_not_found")
+    unknown = {**scene.ids, "space_id": str(uuid.uuid4())}
+    assert_error(call(client, endpoint, scene.keys["editor"], unknown), 404, "space_not_found")
+
+    # a key below the least role is refused, whatever its creator's role
+    for name, role in KEY_ROLES.items():
+        if ROLES.index(role) < ROLES.index(endpoint.role):
+            assert_error(call(client, endpoint, scene.keys[name], scene.ids), 403)
+
+    assert observable_state(client, scene) == before, "a refused call changed the space"
+
+    # a key with exactly the least role is let through (no key is ever an owner)
+    if endpoint.role != "owner":
+        response = call(client, endpoint, scene.keys[endpoint.role], scene.ids)
+        assert response.status_code not in (401, 403, 404), response.get_json()
+        if endpoint.ok is not None:
+            assert response.status_code == endpoint.ok, response.get_json()
 
 
 def test_every_space_route_is_in_the_table(app):

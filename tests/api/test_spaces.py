@@ -175,6 +175,14 @@ def test_list_of_nothing_still_has_a_pagination_header(client, alice):
     assert header["total"] == 0 and header["page"] == 1 and header["page_size"] == 50
 
 
+def test_a_page_past_the_end_is_empty_however_far(client, alice):
+    client.space(alice)
+    for page in (2, 2**62):  # the offset of the last would not fit a bigint
+        response = client.get(f"{SPACES}?page={page}&page_size=200", headers=alice.headers)
+        assert response.status_code == 200 and response.json == []
+        assert pagination_of(response)["total"] == 1
+
+
 def test_list_allows_pages_of_200(client, alice):
     client.space(alice)
     response = client.get(f"{SPACES}?page_size=200", headers=alice.headers)

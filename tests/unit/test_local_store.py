@@ -286,3 +286,13 @@ def test_keyword_search_keeps_short_and_odd_namespace_names_apart(database_url):
     for n, name in enumerate(names):
         assert [h.document_id for h in store.search(name, text="shared", limit=10)] == [f"doc-{n}"], name
     store.close()
+
+
+def test_ready_reads_the_database_file_and_fails_when_it_cannot_open(tmp_path):
+    store = LocalVectorStore(database_url=f"sqlite:///{tmp_path / 'ready.db'}")
+    store.ready(1.0)  # creates the schema of a new file
+    store.close()
+    (tmp_path / "blocked").write_text("a file where a folder should be")
+    broken = LocalVectorStore(database_url=f"sqlite:///{tmp_path / 'blocked' / 'x.db'}")
+    with pytest.raises(Exception):
+        broken.ready(1.0)

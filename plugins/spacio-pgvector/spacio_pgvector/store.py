@@ -208,6 +208,19 @@ class PgVectorStore:
                 raise UpstreamUnavailable(f"PostgreSQL is unavailable: {error}") from error
             raise
 
+    def ready(self, timeout: float) -> None:
+        """Readiness: one pooled connection within ``timeout`` answers ``SELECT 1`` (the
+        first call also opens the pool and checks the extension). Raises
+        ``UpstreamUnavailable`` when PostgreSQL does not answer."""
+        pool = self._pool or self._open()
+        try:
+            with pool.connection(timeout=timeout) as conn:
+                conn.execute("SELECT 1").fetchone()
+        except PoolTimeout as error:
+            raise UpstreamUnavailable(f"no PostgreSQL connection within {timeout}s", reason="pool_timeout") from error
+        except psycopg.OperationalError as error:
+            raise UpstreamUnavailable(f"PostgreSQL is unavailable: {error}") from error
+
     def close(self) -> None:
         with self._lock:
             pool, self._pool = self._pool, None

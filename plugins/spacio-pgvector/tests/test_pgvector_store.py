@@ -466,3 +466,17 @@ def test_missing_extension_that_the_user_cannot_create_is_a_clear_error(admin, d
         admin.execute(psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
             psycopg.sql.Identifier(database)))
         admin.execute(psycopg.sql.SQL("DROP ROLE IF EXISTS {}").format(psycopg.sql.Identifier(role)))
+
+
+def test_ready_answers_when_postgres_does_and_raises_when_it_does_not(database_url, prefixes):
+    from spacio.rag.contracts import UpstreamUnavailable
+
+    store = PgVectorStore(database_url=database_url, table_prefix=prefixes("ready"))
+    try:
+        store.ready(2.0)  # opens the pool on first use
+        store.ready(2.0)
+    finally:
+        store.close()
+    down = PgVectorStore(database_url="postgresql://nobody@127.0.0.1:1/none?connect_timeout=2")
+    with pytest.raises(UpstreamUnavailable):
+        down.ready(1.0)

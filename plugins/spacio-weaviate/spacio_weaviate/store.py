@@ -245,6 +245,16 @@ class WeaviateVectorStore:
                 self._client = self._connect()
             return self._client
 
+    def ready(self, timeout: float) -> None:
+        """Readiness: the client's ``is_ready()`` (Weaviate's ``/v1/.well-known/ready``) is
+        true. Raises ``UpstreamUnavailable`` otherwise. The host gives up after ``timeout``;
+        the client's own timeouts (``timeout_init``, ``timeout_query``) end the call."""
+        def work() -> bool:
+            return self._client_or_connect().is_ready()
+
+        if not self._call("readiness check", work):
+            raise UpstreamUnavailable("Weaviate is not ready (/v1/.well-known/ready)")
+
     def close(self) -> None:
         with self._lock:
             client, self._client = self._client, None

@@ -575,3 +575,31 @@ def test_external_hybrid_uses_both_signals_and_tenants(external_store):
     assert namespace in client.collections.use(external_store.collection_name).tenants.get()
     external_store.drop_namespace(namespace)
     assert namespace not in client.collections.use(external_store.collection_name).tenants.get()
+
+
+# --------------------------------------------------------------------------- readiness (GET /ready)
+
+
+def test_ready_when_weaviate_answers_its_readiness_endpoint(standin, store):
+    store.ready(2.0)
+    assert any("well-known/ready" in str(call) for call in standin.calls)
+
+
+def test_not_ready_when_weaviate_fails_or_is_down(standin):
+    store = store_for(standin)
+    standin.fail(503)
+    with pytest.raises(UpstreamUnavailable):
+        store.ready(2.0)
+    standin.recover()
+    store.ready(2.0)
+    store.close()
+
+    down = WeaviateStandin().start()
+    store = store_for(down)
+    store.ready(2.0)
+    down.stop()
+    started = time.perf_counter()
+    with pytest.raises(UpstreamUnavailable):
+        store.ready(2.0)
+    assert time.perf_counter() - started < 5.0
+    store.close()

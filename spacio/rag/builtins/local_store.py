@@ -287,6 +287,11 @@ class LocalVectorStore:
         with self._cache_lock:
             self._cache.clear()
 
+    def ready(self, timeout: float) -> None:
+        """Readiness: the database file opens and answers a read (its schema created if new)."""
+        with self._read() as conn:
+            conn.execute(f"SELECT count(*) FROM {PREFIX}namespaces").fetchone()
+
     def _create_schema(self, conn: sqlite3.Connection) -> None:
         try:
             # executescript commits a pending transaction first, so the script holds its own

@@ -1,0 +1,49 @@
+"""A service going away mid-flight: 503 with the one error body, never a 500, and nothing
+left half done (bench/faults.py restarts the real servers under load)."""
+
+import pytest
+
+from spacio import create_app
+from tests.conftest import FAST_HASHING, FAST_PIPELINE, STRONG_PASSWORD, TEST_SECRET, ApiClient, assert_error, redis_url
+
+
+def test_a_database_that_is_down_answers_503_not_500(instance_path, unused_port):
+    app = create_app({"TESTING": True, "JWT_SECRET_KEY": TEST_SECRET, **FAST_HASHING, **FAST_PIPELINE,
+                      "SQLALCHEMY_DATABASE_URI": f"postgresql://spacio@127.0.0.1:{unused_port}/spacio"},
+                     INSTANCE_PATH=instance_path)
+    client = app.test_client()
+    for response in (client.post("/api/v1/auth/login", json={"email": "a@example.com", "password": "x" * 12}),
+                     client.post("/api/v1/auth/register", json={"email": "a@example.com", "name": "A",
+                                                                "password": STRONG_PASSWORD})):
+        assert_error(response, 503, "database_unavailable")
+        assert response.headers["Retry-After"] == "2"
+    assert client.get("/health").status_code == 200  # liveness needs no database
+
+
+@pytest.fixture
+def redis_down(make_app, unused_port):
+    return ApiClient(make_app(REDIS_URL=f"redis://127.0.0.1:{unused_port}/0").test_client())
+
+
+def test_an_upload_while_the_queue_is_down_fails_the_document_with_a_reason(redis_down, make_app):
+    alice = redis_down.user("alice@example.com")
+    space = redis_down.space(alice)["id"]
+    response = redis_down.upload(alice, space, (b"Queued while Redis was away.", "a.txt"))
+    assert response.status_code == 202, response.json
+    (document,) = response.json["documents"]
+    assert document["status"] == "failed", "not `queued` forever for a message that was never sent"
+    assert document["error"]["reason"] == "queue_unavailable"
+    url = f"/api/v1/spaces/{space}/documents/{document['id']}"
+    assert redis_down.get(url, headers=alice.headers).json["status"] == "failed"
+
+    # reindexing while the queue is still down says so, and changes nothing
+    assert_error(redis_down.post(f"{url}/reindex", headers=alice.headers), 503, "queue_unavailable")
+    assert_error(redis_down.post(f"/api/v1/spaces/{space}/reindex", headers=alice.headers), 503,
+                 "queue_unavailable")
+    assert redis_down.get(url, headers=alice.headers).json["error"]["reason"] == "queue_unavailable"
+
+    # Redis back: the kept file is queued again
+    back = make_app(REDIS_URL=redis_url()).test_client()
+    response = back.post(f"{url}/reindex", headers=alice.headers)
+    assert response.status_code == 202, response.json
+    assert response.json["status"] == "queued" and response.json["error"] is None
