@@ -9,7 +9,8 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import STRONG_PASSWORD, assert_error, redis_url, token_in
+from spacio import create_app
+from tests.conftest import FAST_PIPELINE, STRONG_PASSWORD, TEST_SECRET, assert_error, redis_url, token_in
 
 pytestmark = pytest.mark.usefixtures("empty_log_handlers_check")
 
@@ -65,12 +66,10 @@ def test_ready_gives_up_on_a_check_that_hangs(make_app):
     assert elapsed < 1.5, elapsed
 
 
-def test_ready_names_the_database_and_the_vector_store_when_postgres_is_down(make_app, database, unused_port):
-    if not database.startswith("postgres"):
-        pytest.skip("a PostgreSQL that is down; the SQLite file is always there")
-    make_app()
+def test_ready_names_the_database_and_the_vector_store_when_postgres_is_down(instance_path, unused_port):
     down = f"postgresql://spacio@127.0.0.1:{unused_port}/spacio"
-    client = make_app(SQLALCHEMY_DATABASE_URI=down).test_client()
+    client = create_app({"TESTING": True, "JWT_SECRET_KEY": TEST_SECRET, **FAST_PIPELINE,
+                         "SQLALCHEMY_DATABASE_URI": down}, INSTANCE_PATH=instance_path).test_client()
     response = client.get("/ready")
     body = assert_error(response, 503, "not_ready")
     assert set(body["errors"]) == {"database", "vector_store"}, body
