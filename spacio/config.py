@@ -57,7 +57,7 @@ class Defaults:
     LOGIN_RATE_LIMIT = "10 per minute;100 per hour"  # per client address and per email
     REGISTER_RATE_LIMIT = "20 per hour"  # per client address
     PASSWORD_RESET_RATE_LIMIT = "5 per minute;20 per hour"  # per client address and per email
-    INVITE_ACCEPT_RATE_LIMIT = "20 per minute"  # per client address: token guessing
+    INVITE_ACCEPT_RATE_LIMIT = "20 per minute"  # per client address and per user: token guessing
     INVITE_RATE_LIMIT = "60 per hour"  # invite requests per user (each up to 50 emails)
     # every authenticated request, per principal: a user (all their JWT sessions together) or one
     # API key (each key its own budget); a frontend polling a document once a second uses 60

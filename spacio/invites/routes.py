@@ -54,6 +54,7 @@ class InviteById(MethodView):
 class Accept(MethodView):
     @blp.login_required
     @blp.limit("INVITE_ACCEPT_RATE_LIMIT", key_func=client_address)
+    @blp.limit("INVITE_ACCEPT_RATE_LIMIT", key_func=inviter)  # and per user: guessing from many addresses
     @blp.arguments(schemas.AcceptSchema)
     @blp.response(200, schemas.AcceptedSchema)
     @blp.errors(403, 404, 410)

@@ -425,6 +425,20 @@ def test_guessing_invite_tokens_is_rate_limited(make_app):
     assert int(response.headers["Retry-After"]) > 0
 
 
+def test_guessing_invite_tokens_from_many_addresses_is_limited_per_user(make_app):
+    client = ApiClient(make_app(INVITE_ACCEPT_RATE_LIMIT="3 per minute").test_client())
+    mallory, alice = client.user("mallory@example.com"), client.user("alice@example.com")
+
+    def guess(user, n):
+        return client.post("/api/v1/invites/accept", json={"token": "guess-" + uuid.uuid4().hex},
+                           headers=user.headers, environ_base={"REMOTE_ADDR": f"10.9.0.{n}"})
+
+    for n in range(3):
+        assert_error(guess(mallory, n), 404, "invite_not_found")
+    assert_error(guess(mallory, 99), 429, "rate_limited")
+    assert_error(guess(alice, 98), 404, "invite_not_found")  # another user is not held back
+
+
 def test_sending_invites_is_rate_limited_per_user(make_app):
     client = ApiClient(make_app(INVITE_RATE_LIMIT="2 per hour").test_client())
     alice, bob = client.user("alice@example.com"), client.user("bob@example.com")
