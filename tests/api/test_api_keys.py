@@ -288,7 +288,8 @@ def test_last_used_at_is_set_on_use_and_written_at_most_once_a_minute(client, te
 def test_failed_attempts_do_not_touch_last_used_at(client, team):
     owner, _editor, _viewer, space, _other = team
     key = new_key(client, owner, space)
-    client.get(space_url(space), headers={"X-API-Key": key["key"][:-1] + "0"})
+    wrong = key["key"][:-1] + ("0" if key["key"][-1] != "0" else "1")  # right id, wrong secret
+    assert_error(client.get(space_url(space), headers={"X-API-Key": wrong}), 401, "api_key_invalid")
     assert stored(client, key["id"]).last_used_at is None
 
 
