@@ -2,14 +2,9 @@
 uploading request's id; two gunicorn gevent workers give one coherent /metrics; gunicorn's
 access log shows no query string or Referer."""
 
+import io
 import json
 import os
-import signal
-import subprocess
-import sys
-import threading
-import urllib.error
-import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ApiClient, redis_url
-from tests.integration.workers import ROOT, Worker, flush_redis, wait_for, worker_env
+from tests.integration.workers import Web, Worker, flush_redis, wait_for, worker_env
 
 pytestmark = pytest.mark.parametrize("database", ["postgres"], indirect=True)
 
@@ -43,8 +38,6 @@ def test_the_workers_log_lines_for_a_document_carry_the_uploads_request_id(make_
     worker = Worker(worker_env(tmp_path, EMBEDDER="hashing", LOG_FORMAT="json")).wait_ready()
     try:
         text = "\n\n".join(f"Paragraph {i} of a traced upload." * 5 for i in range(20)).encode()
-        import io
-
         response = client.post(f"/api/v1/spaces/{space_id}/documents",
                                headers={**owner.headers, "X-Request-ID": "upload-trace-7"},
                                data={"files": [(io.BytesIO(text), "traced.txt")]})
@@ -67,47 +60,6 @@ def test_the_workers_log_lines_for_a_document_carry_the_uploads_request_id(make_
     assert any(line["message"].startswith("ingested document") for line in mine), mine
     # the worker's other lines (start-up) have no request id: the id is per message, not per process
     assert any(line["request_id"] is None for line in lines), worker.output()
-
-
-class Web:
-    """`gunicorn -c gunicorn.conf.py wsgi:app` with several gevent workers."""
-
-    def __init__(self, env, port, workers):
-        self.root = f"http://127.0.0.1:{port}"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--workers", str(workers),
-             "--bind", f"127.0.0.1:{port}", "wsgi:app"],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.lines = []
-        self._reader = threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True)
-        self._reader.start()
-
-    def get(self, path, headers=None):
-        request = urllib.request.Request(self.root + path, headers=headers or {})
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as error:
-            return error.code, error.read().decode()
-
-    def wait_up(self, timeout=60):
-        def answering():
-            if self.process.poll() is not None:
-                raise AssertionError("gunicorn exited:\n" + self.output())
-            try:
-                return self.get("/health")[0] == 200
-            except OSError:
-                return False
-
-        wait_for(answering, timeout, what="gunicorn to answer /health")
-
-    def stop(self, timeout=60):
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(timeout)
-        self._reader.join(10)
-
-    def output(self):
-        return "".join(self.lines)
 
 
 def counts(exposition, route):

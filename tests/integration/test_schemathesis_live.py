@@ -26,8 +26,7 @@ from spacio.extensions import db
 from spacio.mail import OutboxMessage
 from tests.conftest import STRONG_PASSWORD, TEST_SECRET, empty_tables, postgres_url, token_in
 from tests.integration import test_schemathesis as in_process  # its path-parameter hook and REAL_IDS
-from tests.integration.test_gunicorn import Web
-from tests.integration.workers import flush_redis, worker_env
+from tests.integration.workers import Web, flush_redis, worker_env
 
 pytestmark = pytest.mark.parametrize("database", ["postgres"], indirect=True)
 

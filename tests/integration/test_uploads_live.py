@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import STRONG_PASSWORD
-from tests.integration.test_gunicorn import Web
-from tests.integration.workers import flush_redis, wait_for, worker_env
+from tests.integration.workers import Web, flush_redis, wait_for, worker_env
 
 pytestmark = pytest.mark.parametrize("database", ["postgres"], indirect=True)
 
@@ -127,7 +126,6 @@ def assert_one_error_body(status, headers, body, code, reason):
 def web(database, tmp_path, unused_port):
     flush_redis()
     server = Web(worker_env(tmp_path, MAX_CONTENT_LENGTH=MAX_CONTENT, UPLOAD_MAX_FILE_BYTES=MAX_FILE), unused_port)
-    server.port = unused_port
     try:
         server.wait_up()
         email = f"uploads-{uuid.uuid4().hex[:8]}@example.com"
