@@ -521,23 +521,24 @@ def scenario_postgres(api, env, args, token, pg):
                         raise
 
     loops = [Loop(Client()) for _ in range(args.clients)]
+
+    def phase(name):
+        for loop in loops:
+            loop.phase = name
+
     time.sleep(4)
-    for loop in loops:  # requests in flight while the server shuts down (-m fast ends their sessions)
-        loop.phase = "stopping"
+    phase("stopping")  # requests in flight while the server shuts down (-m fast ends their sessions)
     t_stop = now()
     pg.stop()
     stopped = now()
-    for loop in loops:
-        loop.phase = "down"
+    phase("down")
     print(f"  PostgreSQL stopped ({stopped - t_stop:.1f} s)", flush=True)
     time.sleep(args.pg_down)
-    for loop in loops:
-        loop.phase = "starting"
+    phase("starting")
     t_start = now()
     pg.start()
     started = now()
-    for loop in loops:
-        loop.phase = "after"
+    phase("after")
     print(f"  PostgreSQL started ({started - t_start:.1f} s)", flush=True)
     time.sleep(args.after)
     for loop in loops:
