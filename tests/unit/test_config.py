@@ -1,7 +1,6 @@
-"""Configuration: defaults, then SPACIO_* env, then explicit config; README documents every key."""
+"""Configuration: defaults, then SPACIO_* env, then explicit config (tests/integration/test_deploy.py
+checks that README documents every key)."""
 
-import re
-from pathlib import Path
 
 import pytest
 from flask import Flask
@@ -9,26 +8,7 @@ from flask import Flask
 from spacio import config
 from spacio.config import Defaults
 
-README = Path(__file__).resolve().parents[2] / "README.md"
-# framework plumbing a deployer never sets
-INTERNAL = {"SQLALCHEMY_TRACK_MODIFICATIONS", "RATELIMIT_HEADERS_ENABLED", "RATELIMIT_SWALLOW_ERRORS",
-            "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED"}
 SECRET = "s" * 40
-
-
-def keys():
-    return [k for k in vars(Defaults) if k.isupper() and k not in INTERNAL
-            and not k.startswith(("OPENAPI_", "API_"))]
-
-
-def test_readme_documents_every_setting():
-    text = README.read_text()
-    documented = set(re.findall(r"`SPACIO_([A-Z0-9_]+)`", text))
-    # "`SPACIO_ARGON2_TIME_COST`, `_MEMORY_COST`" style rows name siblings by suffix
-    for prefix, suffix in re.findall(r"`SPACIO_([A-Z0-9]+)_[A-Z0-9_]+`((?:, `_[A-Z0-9_]+`)+)", text):
-        documented |= {prefix + s for s in re.findall(r"`(_[A-Z0-9_]+)`", suffix)}
-    missing = [k for k in keys() if k not in documented]
-    assert not missing, f"README's configuration table misses {missing}"
 
 
 def load(monkeypatch, tmp_path, env=None, explicit=None, **overrides):
