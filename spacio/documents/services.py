@@ -163,9 +163,10 @@ def reindex_space(user, space_id):
     ids = list(db.session.scalars(
         select(Document.id).join(DocumentFile, DocumentFile.document_id == Document.id)
         .where(Document.space_id == space.id)))
-    db.session.execute(Chunk.__table__.delete().where(Chunk.space_id == space.id))
+    # documents before their chunks, the order the worker locks them in (pipeline._finish)
     if ids:
         _requeue(select(Document.id).where(Document.id.in_(ids)))
+    db.session.execute(Chunk.__table__.delete().where(Chunk.space_id == space.id))
     db.session.commit()
     if _enqueue(ids):
         raise _queue_unavailable()

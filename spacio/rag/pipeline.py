@@ -168,7 +168,11 @@ def _replace_vectors(store, namespace, dimensions, document_id, records):
 
 
 def _finish(document_id, space_id, namespace, chunks, tokens):
-    done = db.session.execute(
+    """Mark the document ready and write its chunks, in one transaction. Rows are locked top
+    down, as requests lock them (space, then document, then chunks): deleting or reindexing
+    the space meanwhile waits for this transaction or runs before it, never deadlocks with it."""
+    space_alive = db.session.scalar(select(Space.id).where(Space.id == space_id).with_for_update(key_share=True))
+    done = space_alive is not None and db.session.execute(
         update(Document).where(Document.id == document_id)
         .values(status="ready", progress=1.0, chunks=len(chunks), tokens=tokens, updated_at=utcnow())
     ).rowcount

@@ -10,15 +10,17 @@ Ingestion runs on the in-process worker (StubBroker) with the fast ``hashing`` e
 import hashlib
 import io
 import re
+import threading
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import unquote
 
 import pytest
 from pypdf import PdfWriter
 from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from spacio.documents.models import STATUSES, Chunk, Document, DocumentFile
 from spacio.extensions import db
@@ -832,3 +834,77 @@ def test_an_unreachable_vector_store_is_retried_then_fails_upstream_unavailable(
     assert get_document(client, alice, space_id, document["id"])["status"] == "failed"
     assert count_rows(client.app, DocumentFile, document_id=uuid.UUID(document["id"])) == 1
     assert client.get(space_url(space_id), headers=alice.headers).status_code == 200
+
+
+
+@pytest.mark.parametrize("database", ["postgres"], indirect=True)  # row locks: SQLite locks the whole file
+@pytest.mark.parametrize("operation", ["reindex", "delete"])
+def test_a_space_wide_request_and_the_worker_lock_rows_in_one_order(client, alice, space, operation):
+    """The worker finishing a document (its row, then its chunks) while the space is reindexed
+    or deleted. Reindexing had locked the space's chunks before its documents, and deleting
+    cascaded into both: each could hold what the other waited for, and PostgreSQL aborted one
+    (CI saw a reindex answer 503). A third transaction holds the document's row until both
+    are queued behind it, so the interleaving is the one that deadlocked, every time."""
+    app, space_id = client.app, space["id"]
+    document = client.document(alice, space_id, prose("tides").encode(), "tides.txt")
+    doc_id = uuid.UUID(document["id"])
+    with app.app_context():
+        chunks = [SimpleNamespace(ordinal=c.ordinal, page=c.page, page_end=c.page_end, heading=c.heading,
+                                  text=c.text, tokens=c.tokens)
+                  for c in db.session.scalars(select(Chunk).where(Chunk.document_id == doc_id))]
+        blocker = db.engine.connect()
+        blocker.execute(text("SELECT 1 FROM documents WHERE id = :id FOR UPDATE"), {"id": doc_id})
+    outcome = {}
+
+    def worker():
+        with app.app_context():
+            try:
+                pipeline._finish(doc_id, uuid.UUID(space_id), space_id, chunks, 7)
+                outcome["worker"] = "done"
+            except Exception as exc:
+                outcome["worker"] = exc
+            finally:
+                db.session.remove()
+
+    def request():
+        call = client.post(space_url(space_id, "reindex"), headers=alice.headers) if operation == "reindex" \
+            else client.delete(space_url(space_id), headers=alice.headers)
+        outcome["request"] = call.status_code, call.json if call.data else None
+
+    threads = [threading.Thread(target=worker), threading.Thread(target=request)]
+    try:
+        for n, thread in enumerate(threads, 1):
+            thread.start()
+            wait_until(lambda n=n: lock_waits(app) == n)  # the worker queues first, then the request
+    finally:
+        blocker.rollback()
+        blocker.close()
+    for thread in threads:
+        thread.join(30)
+
+    assert outcome["worker"] == "done"
+    if operation == "reindex":
+        assert outcome["request"] == (202, {"documents": 1})
+        client.ingested()
+        after = get_document(client, alice, space_id, document["id"])
+        assert after["status"] == "ready" and after["chunks"] == document["chunks"]
+        assert_one_copy_of_each_chunk(app, space_id, after)
+    else:
+        assert outcome["request"] == (204, None)
+        assert count_rows(app, Document, space_id=uuid.UUID(space_id)) == 0
+        assert count_rows(app, Chunk, space_id=uuid.UUID(space_id)) == 0
+        assert vectors(app, space_id) == 0
+
+
+def lock_waits(app):
+    """Sessions of the test database waiting for a row lock."""
+    with app.app_context(), db.engine.connect() as connection:
+        return connection.scalar(text("SELECT count(*) FROM pg_stat_activity "
+                                      "WHERE datname = current_database() AND wait_event_type = 'Lock'"))
+
+
+def wait_until(condition, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)

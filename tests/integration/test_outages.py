@@ -1,9 +1,13 @@
 """A service going away mid-flight: 503 with the one error body, never a 500, and nothing
 left half done (bench/faults.py restarts the real servers under load)."""
 
+import threading
+
 import pytest
+from sqlalchemy import text
 
 from spacio import create_app
+from spacio.extensions import db
 from tests.conftest import FAST_HASHING, FAST_PIPELINE, STRONG_PASSWORD, TEST_SECRET, ApiClient, assert_error, redis_url
 
 
@@ -47,3 +51,37 @@ def test_an_upload_while_the_queue_is_down_fails_the_document_with_a_reason(redi
     response = back.post(f"{url}/reindex", headers=alice.headers)
     assert response.status_code == 202, response.json
     assert response.json["status"] == "queued" and response.json["error"] is None
+
+
+@pytest.mark.parametrize("database", ["postgres"], indirect=True)
+def test_a_deadlock_the_database_breaks_is_a_conflict_to_retry_not_an_outage(make_app):
+    """A request that PostgreSQL aborts to break a real deadlock (two advisory locks taken in
+    opposite orders) gets 503 ``database_conflict`` with a short Retry-After, not a 500 and
+    not "the database is unavailable". The request waits first, so PostgreSQL's deadlock check
+    (after ``deadlock_timeout``) fires on its side."""
+    app = make_app()
+    other_has_2 = threading.Event()
+
+    @app.get("/_test/deadlock")
+    def deadlock():
+        db.session.execute(text("SELECT pg_advisory_xact_lock(1)"))
+        other_has_2.wait(10)
+        db.session.execute(text("SELECT pg_advisory_xact_lock(2)"))
+        return {}
+
+    def other():
+        with app.app_context(), db.engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_xact_lock(2)"))
+            other_has_2.set()
+            try:
+                connection.execute(text("SELECT pg_sleep(0.2), pg_advisory_xact_lock(1)"))
+            except Exception:
+                pass  # not the side PostgreSQL aborts
+            connection.rollback()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    response = app.test_client().get("/_test/deadlock")
+    thread.join(10)
+    assert_error(response, 503, "database_conflict")
+    assert response.headers["Retry-After"] == "1"
