@@ -20,6 +20,7 @@ import numpy as np
 from flask import current_app
 from sqlalchemy import delete, insert, select, update
 
+from spacio.auth.models import User
 from spacio.concurrency import in_real_thread
 from spacio.db import utcnow
 from spacio.documents.models import Chunk, Document, DocumentFile
@@ -168,9 +169,12 @@ def _replace_vectors(store, namespace, dimensions, document_id, records):
 
 
 def _finish(document_id, space_id, namespace, chunks, tokens):
-    """Mark the document ready and write its chunks, in one transaction. Rows are locked top
-    down, as requests lock them (space, then document, then chunks): deleting or reindexing
-    the space meanwhile waits for this transaction or runs before it, never deadlocks with it."""
+    """Mark the document ready and write its chunks and the uploader's usage, in one
+    transaction. Rows are locked top down, as requests lock them (the uploader, the space, the
+    document, its chunks): deleting the account or the space, or reindexing the space, waits
+    for this transaction or runs before it, never deadlocks with it."""
+    uploader = select(Document.uploaded_by).where(Document.id == document_id).scalar_subquery()
+    db.session.execute(select(User.id).where(User.id == uploader).with_for_update(key_share=True))
     space_alive = db.session.scalar(select(Space.id).where(Space.id == space_id).with_for_update(key_share=True))
     done = space_alive is not None and db.session.execute(
         update(Document).where(Document.id == document_id)

@@ -838,15 +838,17 @@ def test_an_unreachable_vector_store_is_retried_then_fails_upstream_unavailable(
 
 
 @pytest.mark.parametrize("database", ["postgres"], indirect=True)  # row locks: SQLite locks the whole file
-@pytest.mark.parametrize("operation", ["reindex", "delete"])
-def test_a_space_wide_request_and_the_worker_lock_rows_in_one_order(client, alice, space, operation):
-    """The worker finishing a document (its row, then its chunks) while the space is reindexed
-    or deleted. Reindexing had locked the space's chunks before its documents, and deleting
-    cascaded into both: each could hold what the other waited for, and PostgreSQL aborted one
-    (CI saw a reindex answer 503). A third transaction holds the document's row until both
-    are queued behind it, so the interleaving is the one that deadlocked, every time."""
+@pytest.mark.parametrize("operation", ["reindex the space", "delete the space", "the uploader leaves Spacio"])
+def test_a_request_and_the_worker_lock_rows_in_one_order(client, alice, bob, space, operation):
+    """The worker finishing a document (its row, its chunks, the uploader's usage) while the
+    space is reindexed or deleted, or the uploader deletes their account. Each request had
+    locked rows in another order (chunks before documents; the space or the user before
+    the document): each side could hold what the other waited for, and PostgreSQL aborted
+    one (CI saw a reindex answer 503). A third transaction holds the document's row until
+    both are queued behind it, so the interleaving that deadlocked happens every time."""
     app, space_id = client.app, space["id"]
-    document = client.document(alice, space_id, prose("tides").encode(), "tides.txt")
+    client.member(alice, space_id, bob, "editor")
+    document = client.document(bob, space_id, prose("tides").encode(), "tides.txt")
     doc_id = uuid.UUID(document["id"])
     with app.app_context():
         chunks = [SimpleNamespace(ordinal=c.ordinal, page=c.page, page_end=c.page_end, heading=c.heading,
@@ -867,8 +869,12 @@ def test_a_space_wide_request_and_the_worker_lock_rows_in_one_order(client, alic
                 db.session.remove()
 
     def request():
-        call = client.post(space_url(space_id, "reindex"), headers=alice.headers) if operation == "reindex" \
-            else client.delete(space_url(space_id), headers=alice.headers)
+        if operation == "reindex the space":
+            call = client.post(space_url(space_id, "reindex"), headers=alice.headers)
+        elif operation == "delete the space":
+            call = client.delete(space_url(space_id), headers=alice.headers)
+        else:
+            call = client.delete("/api/v1/auth/me", headers=bob.headers)
         outcome["request"] = call.status_code, call.json if call.data else None
 
     threads = [threading.Thread(target=worker), threading.Thread(target=request)]
@@ -883,18 +889,22 @@ def test_a_space_wide_request_and_the_worker_lock_rows_in_one_order(client, alic
         thread.join(30)
 
     assert outcome["worker"] == "done"
-    if operation == "reindex":
+    if operation == "reindex the space":
         assert outcome["request"] == (202, {"documents": 1})
         client.ingested()
         after = get_document(client, alice, space_id, document["id"])
         assert after["status"] == "ready" and after["chunks"] == document["chunks"]
         assert_one_copy_of_each_chunk(app, space_id, after)
-    else:
+    elif operation == "delete the space":
         assert outcome["request"] == (204, None)
         assert count_rows(app, Document, space_id=uuid.UUID(space_id)) == 0
         assert count_rows(app, Chunk, space_id=uuid.UUID(space_id)) == 0
         assert vectors(app, space_id) == 0
-
+    else:  # the document stays in the space, its uploader unknown
+        assert outcome["request"] == (204, None)
+        after = get_document(client, alice, space_id, document["id"])
+        assert after["status"] == "ready" and after["chunks"] == document["chunks"]
+        assert_one_copy_of_each_chunk(app, space_id, after)
 
 def lock_waits(app):
     """Sessions of the test database waiting for a row lock."""
