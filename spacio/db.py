@@ -49,3 +49,20 @@ def include_in_migrations(name, type_, parent_names):
     """Alembic's ``include_name``: vector-store plugins keep their own tables (``vs_*``)
     next to ours, and autogenerate must not offer to drop them."""
     return not (type_ == "table" and name.startswith("vs_"))
+
+
+def hold_owners(user_id, space_id) -> bool:
+    """Take the first locks of a transaction that writes rows under a user and a space (a
+    document's chunks, a chat's messages, usage records): a key-share lock on the user's row,
+    then on the space's. Deleting an account or a space locks that row before the rows below
+    it, so it waits for this transaction instead of deadlocking with it (PostgreSQL; SQLite
+    locks the whole file). ``user_id`` may be a scalar subquery. Returns whether the space
+    still exists."""
+    from sqlalchemy import select
+
+    from spacio.auth.models import User
+    from spacio.extensions import db
+    from spacio.spaces.models import Space
+
+    db.session.execute(select(User.id).where(User.id == user_id).with_for_update(key_share=True))
+    return db.session.scalar(select(Space.id).where(Space.id == space_id).with_for_update(key_share=True)) is not None

@@ -26,11 +26,10 @@ from sqlalchemy import func, select, update
 from spacio.auth.models import User
 from spacio.chat.memory import memory
 from spacio.chat.models import Conversation, Message
-from spacio.db import utcnow
+from spacio.db import hold_owners, utcnow
 from spacio.errors import NotFound
 from spacio.extensions import db
 from spacio.rag import answering, contracts, retrieval
-from spacio.spaces.models import Space
 from spacio.spaces.services import MANAGE, READ, access
 from spacio.usage import services as usage
 
@@ -187,6 +186,7 @@ def finish_chat(pending: Pending, generation: Generation, status: str) -> None:
     if the whole space was, nothing."""
     text, spent = generation.text, generation.usage
     try:
+        space_alive = hold_owners(pending.user_id, pending.space_id)
         seq = _next_seq(pending.conversation_id)
         if seq is not None:
             db.session.add(Message(
@@ -194,7 +194,7 @@ def finish_chat(pending: Pending, generation: Generation, status: str) -> None:
                 content=text, citations=generation.cited(), grounded=pending.grounded, status=status,
                 prompt_tokens=spent.prompt_tokens, completion_tokens=spent.completion_tokens,
                 embedding_tokens=pending.embedding_tokens))
-        if seq is not None or db.session.get(Space, pending.space_id) is not None:
+        if seq is not None or space_alive:
             usage.add(pending.user_id, pending.space_id, "chat", prompt_tokens=spent.prompt_tokens,
                       completion_tokens=spent.completion_tokens, embedding_tokens=pending.embedding_tokens)
         db.session.commit()

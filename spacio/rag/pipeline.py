@@ -20,9 +20,8 @@ import numpy as np
 from flask import current_app
 from sqlalchemy import delete, insert, select, update
 
-from spacio.auth.models import User
 from spacio.concurrency import in_real_thread
-from spacio.db import utcnow
+from spacio.db import hold_owners, utcnow
 from spacio.documents.models import Chunk, Document, DocumentFile
 from spacio.errors import PluginFailed, SpacioError, Unavailable
 from spacio.extensions import db
@@ -174,9 +173,7 @@ def _finish(document_id, space_id, namespace, chunks, tokens):
     document, its chunks): deleting the account or the space, or reindexing the space, waits
     for this transaction or runs before it, never deadlocks with it."""
     uploader = select(Document.uploaded_by).where(Document.id == document_id).scalar_subquery()
-    db.session.execute(select(User.id).where(User.id == uploader).with_for_update(key_share=True))
-    space_alive = db.session.scalar(select(Space.id).where(Space.id == space_id).with_for_update(key_share=True))
-    done = space_alive is not None and db.session.execute(
+    done = hold_owners(uploader, space_id) and db.session.execute(
         update(Document).where(Document.id == document_id)
         .values(status="ready", progress=1.0, chunks=len(chunks), tokens=tokens, updated_at=utcnow())
     ).rowcount

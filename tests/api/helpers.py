@@ -1,9 +1,10 @@
 """Helpers shared by the API tests (fixtures live in conftest.py)."""
 
 import json
+import time
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from spacio.extensions import db
 
@@ -51,3 +52,25 @@ def count_rows(app, model, **where):
     with app.app_context():
         statement = select(func.count()).select_from(model).filter_by(**where)
         return db.session.scalar(statement)
+
+
+def lock_waits(app):
+    """Sessions of the test PostgreSQL database waiting for a lock."""
+    with app.app_context(), db.engine.connect() as connection:
+        return connection.scalar(text("SELECT count(*) FROM pg_stat_activity "
+                                      "WHERE datname = current_database() AND wait_event_type = 'Lock'"))
+
+
+def hold_row(app, table, row_id):
+    """A transaction that holds one row locked FOR UPDATE (close it to let go)."""
+    with app.app_context():
+        connection = db.engine.connect()
+        connection.execute(text(f"SELECT 1 FROM {table} WHERE id = :id FOR UPDATE"), {"id": row_id})
+        return connection
+
+
+def wait_until(condition, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)

@@ -23,7 +23,7 @@ from werkzeug.serving import make_server
 from spacio.chat.models import Conversation, Message
 from spacio.extensions import db
 from spacio.rag import answering, contracts, registry
-from tests.api.helpers import count_rows, space_url
+from tests.api.helpers import count_rows, hold_row, lock_waits, space_url, wait_until
 from tests.api.test_documents import pdf
 from tests.conftest import ApiClient, assert_error
 
@@ -389,6 +389,60 @@ def test_a_space_deleted_while_an_answer_streams(make_app, client, alice, librar
     response.close()
     assert events[-1][0] == "end"
     assert count_rows(client.app, Conversation) == 0 and count_rows(client.app, Message) == 0
+
+
+@pytest.mark.parametrize("database", ["postgres"], indirect=True)  # row locks: SQLite locks the whole file
+@pytest.mark.parametrize("operation", ["delete the space", "the asker leaves Spacio"])
+def test_storing_an_answer_and_deleting_what_it_belongs_to_lock_rows_in_one_order(
+        make_app, client, alice, bob, library, operation):
+    """The answer is stored (the conversation's row, then usage under the user and the space)
+    while the space or the asker's account is deleted (that row, then the conversations under
+    it). Storing had taken the conversation first, so each side could hold what the other
+    waited for. A third transaction holds the conversation's row until both are queued."""
+    client.member(alice, library["id"], bob, "viewer")
+    app = make_app(**paced(tokens_per_second=200, tokens=20))
+    outcome, started, held = {}, threading.Event(), threading.Event()
+
+    def answer():  # one thread: a streamed response keeps its context where it started
+        response, body, seen = open_stream(app, bob, library["id"], CATS_QUESTION)
+        outcome["conversation"] = uuid.UUID(parse_sse(seen.split(b"event: delta")[0])[0][1]["conversation_id"])
+        started.set()
+        held.wait(10)
+        outcome["events"] = parse_sse(seen + b"".join(body))  # runs the generation, then stores the answer
+        response.close()
+
+    def request():
+        call = client.delete(space_url(library["id"]), headers=alice.headers) if operation == "delete the space" \
+            else client.delete("/api/v1/auth/me", headers=bob.headers)
+        outcome["request"] = call.status_code
+
+    answering_thread = threading.Thread(target=answer)
+    answering_thread.start()
+    assert started.wait(10)
+    blocker = hold_row(app, "conversations", outcome["conversation"])
+    try:
+        held.set()
+        wait_until(lambda: lock_waits(app) == 1)  # the answer queues first
+        request_thread = threading.Thread(target=request)
+        request_thread.start()
+        wait_until(lambda: lock_waits(app) == 2)  # then the request
+    finally:
+        blocker.close()
+    for thread in (answering_thread, request_thread):
+        thread.join(30)
+
+    assert outcome["events"][-1][0] == "end"
+    assert outcome["request"] == 204
+    assert count_rows(app, Conversation) == 0 and count_rows(app, Message) == 0
+    with app.app_context():
+        from spacio.usage.models import UsageRecord
+
+        kept = db.session.execute(select(UsageRecord.user_id, UsageRecord.space_id)
+                                  .where(UsageRecord.kind == "chat")).all()
+    if operation == "delete the space":
+        assert kept == []  # usage under a deleted space goes with it
+    else:
+        assert kept == [(None, uuid.UUID(library["id"]))]  # the space keeps its totals, anonymously
 
 
 # --------------------------------------------------------------------------- JSON answers and conversations

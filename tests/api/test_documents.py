@@ -20,13 +20,14 @@ from urllib.parse import unquote
 import pytest
 from pypdf import PdfWriter
 from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
-from sqlalchemy import select, text, update
+from sqlalchemy import select, update
 
 from spacio.documents.models import STATUSES, Chunk, Document, DocumentFile
 from spacio.extensions import db
 from spacio.jobs import jobs
 from spacio.rag import contracts, pipeline, registry
-from tests.api.helpers import assert_pagination, count_rows, pagination_of, parse_timestamp, space_url
+from tests.api.helpers import (assert_pagination, count_rows, hold_row, lock_waits, pagination_of, parse_timestamp,
+                               space_url, wait_until)
 from tests.conftest import ApiClient, assert_error
 
 EVAL_DOCS = Path(__file__).resolve().parents[2].parent / "shared" / "eval" / "docs"
@@ -854,8 +855,7 @@ def test_a_request_and_the_worker_lock_rows_in_one_order(client, alice, bob, spa
         chunks = [SimpleNamespace(ordinal=c.ordinal, page=c.page, page_end=c.page_end, heading=c.heading,
                                   text=c.text, tokens=c.tokens)
                   for c in db.session.scalars(select(Chunk).where(Chunk.document_id == doc_id))]
-        blocker = db.engine.connect()
-        blocker.execute(text("SELECT 1 FROM documents WHERE id = :id FOR UPDATE"), {"id": doc_id})
+    blocker = hold_row(app, "documents", doc_id)
     outcome = {}
 
     def worker():
@@ -883,7 +883,6 @@ def test_a_request_and_the_worker_lock_rows_in_one_order(client, alice, bob, spa
             thread.start()
             wait_until(lambda n=n: lock_waits(app) == n)  # the worker queues first, then the request
     finally:
-        blocker.rollback()
         blocker.close()
     for thread in threads:
         thread.join(30)
@@ -905,16 +904,3 @@ def test_a_request_and_the_worker_lock_rows_in_one_order(client, alice, bob, spa
         after = get_document(client, alice, space_id, document["id"])
         assert after["status"] == "ready" and after["chunks"] == document["chunks"]
         assert_one_copy_of_each_chunk(app, space_id, after)
-
-def lock_waits(app):
-    """Sessions of the test database waiting for a row lock."""
-    with app.app_context(), db.engine.connect() as connection:
-        return connection.scalar(text("SELECT count(*) FROM pg_stat_activity "
-                                      "WHERE datname = current_database() AND wait_event_type = 'Lock'"))
-
-
-def wait_until(condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
