@@ -85,7 +85,7 @@ def ingest(document_id, *, last_try=False):
         parsed, chunks = _parse_and_chunk(reg, parser, blob, size, overlap)
         del blob
         _set(document_id, status="embedding", pages=parsed.pages, progress=0.0)
-        vectors, tokens = _embed(reg.embedder, [c.text for c in chunks], document_id)
+        vectors, tokens = _embed(reg.embedder, [embedding_input(c, parsed.title) for c in chunks], document_id)
         records = [
             contracts.VectorRecord(
                 id=str(chunk_id(document_id, c.ordinal)), document_id=str(document_id), ordinal=c.ordinal,
@@ -141,6 +141,16 @@ def _parse_and_chunk(reg, parser, blob, size, overlap):
     except Exception as exc:  # a parser bug on a strange file fails that file, not the worker
         log.warning("parsing %s failed", blob.filename, exc_info=True)
         raise _Permanent("parser_error", f"The file could not be read ({exc.__class__.__name__}).") from exc
+
+
+def embedding_input(chunk, title):
+    """What the embedder reads for a chunk: the chunk's text under its document's title and
+    its heading path, each unless the text already begins with it. A chunk from the middle
+    of a document is then also found by what the whole document is about (SciFact train,
+    vector-only nDCG@10 0.6686 -> 0.6775 with titles). Stores and citations keep the chunk's
+    own text; keyword search reads only that."""
+    context = [label for label in dict.fromkeys((title, chunk.heading)) if label and not chunk.text.startswith(label)]
+    return "\n\n".join([*context, chunk.text])
 
 
 def _embed(embedder, texts, document_id):

@@ -18,7 +18,7 @@ from spacio.rag import contracts, registry
 from spacio.spaces.models import Space
 from tests.api.helpers import space_url
 from tests.api.test_documents import pdf
-from tests.conftest import assert_error
+from tests.conftest import ApiClient, assert_error
 
 HIT_FIELDS = {"document_id", "filename", "chunk_id", "page", "text", "score"}
 # GROUNDED_MIN_SIMILARITY is calibrated for the default MiniLM embedder; the hashing
@@ -100,6 +100,33 @@ def test_keyword_mode_returns_only_chunks_with_the_words_vector_mode_ranks_every
     hybrid = search(client, alice, space["id"], "sourdough starter").json["hits"]  # hybrid is the default
     assert hybrid[0]["filename"] == "baking.txt"
     assert {h["filename"] for h in hybrid} == {"baking.txt", "volcano.txt", "chess.txt"}
+
+
+def test_every_chunk_of_a_document_is_embedded_under_its_title(make_app):
+    """Only the first chunk's text has the title; the embedder reads it above every chunk,
+    so a question about what the document is titled ranks all of its chunks above those of
+    a like document without that title. Keyword search and the hits' text keep each chunk's
+    own words. (Short chunks and more hashing buckets, so three shared words stand out.)"""
+    client = ApiClient(make_app(PLUGINS={"embedder": {"hashing": {"dimensions": 2048}}}).test_client())
+    alice = client.user("alice@example.com")
+    space_id = client.space(alice)["id"]
+    assert client.patch(space_url(space_id), json={"settings": {"chunk_size": 64, "chunk_overlap": 0}},
+                        headers=alice.headers).status_code == 200
+
+    def body(noun):
+        return "\n".join(f"Sentence {i} counts the {noun} of the number {i * 37 % 101}." for i in range(40))
+
+    titled = client.document(alice, space_id, f"Zanzibar spice markets\n\n{body('tides')}".encode(), "spice.txt")
+    other = client.document(alice, space_id, f"Harbour ledgers\n\n{body('waves')}".encode(), "ledgers.txt")
+    assert titled["chunks"] >= 3 and other["chunks"] >= 3
+    vector = search(client, alice, space_id, "Zanzibar spice markets", mode="vector", top_k=50).json["hits"]
+    scores = {document["id"]: [h["score"] for h in vector if h["document_id"] == document["id"]]
+              for document in (titled, other)}
+    assert len(scores[titled["id"]]) == titled["chunks"] and len(scores[other["id"]]) == other["chunks"]
+    assert min(scores[titled["id"]]) > max(scores[other["id"]])
+    assert sum("Zanzibar" in h["text"] for h in vector) == 1
+    keyword = search(client, alice, space_id, "Zanzibar spice markets", mode="keyword", top_k=50).json["hits"]
+    assert len(keyword) == 1 and keyword[0]["text"].startswith("Zanzibar spice markets")
 
 
 def test_hybrid_finds_what_either_part_finds(client, alice, space, library):

@@ -101,6 +101,20 @@ def test_text_keeps_the_words_and_drops_control_characters():
     assert document.pages is None and document.sections[0].page is None
 
 
+@pytest.mark.parametrize("text, title", [
+    ("Tidal locking of moons\n\nA moon is tidally locked when ...", "Tidal locking of moons"),
+    ("  Tidal locking of moons  \r\n\r\nA moon is tidally locked.", "Tidal locking of moons"),
+    ("A moon is tidally locked when its orbit and spin match.", None),  # one paragraph: no title
+    ("Tidal locking\nof moons\n\nA moon is tidally locked.", None),  # the first paragraph is two lines
+    ("Tidal locking of moons\n\n  \n", None),  # nothing after it
+    ("x" * 201 + "\n\nA moon is tidally locked.", None),  # too long for a title
+])
+def test_a_short_first_line_on_its_own_is_the_title(text, title):
+    document = TextParser().parse(blob(text, "text/plain"))
+    assert document.title == title
+    assert document.text.startswith(text.strip()[:10])  # the title stays in the text
+
+
 def test_text_with_nul_bytes_is_binary():
     with pytest.raises(UnsupportedMediaType):
         TextParser().parse(blob("text\x00with a NUL", "text/plain"))

@@ -59,15 +59,24 @@ def _document(sections: list[Section], title: str | None = None, **metadata: Any
 
 # --------------------------------------------------------------------------- plain text
 
+TITLE_LINE_CHARS = 200
+
+
 class TextParser:
-    """``text/plain`` in any encoding (see ``decode_text``): one section with all the text."""
+    """``text/plain`` in any encoding (see ``decode_text``): one section with all the text.
+    A first paragraph that is one short line with more text after it ("Title\n\nBody")
+    is also the document's title."""
 
     media_types = frozenset({TEXT})
 
     def parse(self, blob: Blob) -> ParsedDocument:
         _require_text(blob, "text")
         text, encoding = decode_text_with_encoding(blob.data)
-        return _document([Section(clean_text(text))], encoding=encoding)
+        text = clean_text(text)
+        first, blank, rest = text.strip().partition("\n\n")
+        title = first.strip() if blank and rest.strip() and "\n" not in first.strip() \
+            and len(first.strip()) <= TITLE_LINE_CHARS else None
+        return _document([Section(text)], title=title, encoding=encoding)
 
 
 # --------------------------------------------------------------------------- Markdown
