@@ -352,7 +352,8 @@ def bench_backend(backend, args, docs, questions):
              "SPACIO_PLUGINS__GENERATOR__PACED__TOKENS_PER_SECOND": str(args.rate),
              "SPACIO_PLUGINS__GENERATOR__PACED__TOKENS": str(args.tokens),
              # one bench user asks N questions at once; the per-user limit is for humans
-             "SPACIO_ASK_RATE_LIMIT": "1000000 per minute"}
+             "SPACIO_ASK_RATE_LIMIT": "1000000 per minute", "SPACIO_API_RATE_LIMIT": "1000000 per minute",
+             "SPACIO_UPLOAD_RATE_LIMIT": "1000000 per minute"}
     for item in args.env:
         key, _, value = item.partition("=")
         extra[key] = value
