@@ -5,8 +5,8 @@ The server is the Procfile's web command with one worker (``gunicorn -c gunicorn
 PostgreSQL + Redis (run inside ``bash tests/services.sh run -- ...``), rate limiting ON with
 the per-user API limit raised by config for the one bench user (``SPACIO_API_RATE_LIMIT``;
 every check still runs). The bench user owns ``--spaces`` spaces, so each response lists
-real rows. Every request does the full work: JWT decode, the session (blocklist) and user
-lookups, the rate-limit check, the count + page query, serialisation.
+real rows. Every request does the full work: JWT decode, the session (blocklist) lookup
+with its user, the rate-limit check, the page query with its total, serialisation.
 
 Targets, same wrk settings (``--connections`` keep-alive connections, ``--duration`` s):
 
@@ -65,12 +65,12 @@ PHASES = {
     "Flask app (Flask.wsgi_app, all of it)": r"Flask\.wsgi_app \(flask/app\.py",
     "JWT check (verify_jwt_in_request: decode + loaders)": r"verify_jwt_in_request \(",
     "  JWT decode + signature (PyJWT)": r"\(jwt/",
-    "  session lookup (blocklist: token_is_revoked)": r"token_is_revoked \(",
-    "  user lookup (user_lookup_loader)": r"_user \(spacio/app\.py|_load_user \(",
+    "  session + user lookup (blocklist: session_user)": r"session_user \(",
+    "  user loader (hands on the blocklist's user)": r"_user \(spacio/app\.py|_load_user \(",
     "API key lookup": r"\(spacio/apikeys/",
     "rate-limit check (flask_limiter + limits + redis)": r"\((flask_limiter|limits)/",
     "view: list spaces (spacio/spaces)": r"\(spacio/spaces/",
-    "  count + page (spacio.http.paginate)": r"paginate \(spacio/http\.py",
+    "  page with its total (spacio.http.paginate)": r"paginate \(spacio/http\.py",
     "serialisation (marshmallow)": r"\(marshmallow/",
     "JSON encoding (json)": r"\(json/",
     "SQLAlchemy (all of it)": r"\(sqlalchemy/",
@@ -94,11 +94,11 @@ PHASES = {
 #: limiter is the limiter's, marshmallow under the view is serialisation's.
 OWNERS = {
     "JWT decode + signature (PyJWT)": r"\(jwt/",
-    "session lookup (token_is_revoked: 1 query)": r"token_is_revoked \(",
-    "user lookup (user_lookup_loader: 1 query)": r"_user \(spacio/app\.py",
+    "session + user lookup (session_user: 1 query)": r"session_user \(",
+    "user loader (user_lookup_loader: no query)": r"_user \(spacio/app\.py",
     "API key code (spacio/apikeys)": r"\(spacio/apikeys/",
     "rate-limit check (flask_limiter, limits, Redis)": r"\((flask_limiter|limits)/",
-    "count + page queries (spacio.http.paginate)": r"paginate \(spacio/http\.py",
+    "page query with its total (spacio.http.paginate)": r"paginate \(spacio/http\.py",
     "list view, rest (spacio/spaces)": r"\(spacio/spaces/",
     "serialisation (marshmallow)": r"\(marshmallow/",
     "JSON encoding (json)": r"\(json/",

@@ -123,22 +123,22 @@ def _migrations_dir():
 
 
 def _init_tokens(app):
-    from spacio.auth.models import User
-    from spacio.auth.services import token_is_revoked
+    from spacio.auth.services import session_user
 
     jwt.init_app(app)
     errors.init_jwt_errors(jwt)
 
+    # flask-jwt-extended calls the blocklist check, then the user lookup, for every verified
+    # token: the first loads the session with its user (one query), the second hands that
+    # user on (kept in g, so for this request only)
     @jwt.token_in_blocklist_loader
     def _revoked(_header, payload):
-        return token_is_revoked(payload)
+        g.token_user = session_user(payload)
+        return g.token_user is None
 
     @jwt.user_lookup_loader
-    def _user(_header, payload):
-        try:
-            return db.session.get(User, uuid.UUID(str(payload["sub"])))
-        except (KeyError, ValueError):
-            return None
+    def _user(_header, _payload):
+        return g.pop("token_user", None)  # None (no check ran): 401, never another user
 
 
 def _init_retry_after(app):

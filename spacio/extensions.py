@@ -2,13 +2,13 @@
 
 from flask_cors import CORS
 from flask_jwt_extended import JWTManager
-from flask_limiter import Limiter
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import MetaData
 from sqlalchemy.orm import DeclarativeBase
 
 from spacio.http import Api, client_address
+from spacio.ratelimits import Limiter
 
 # deterministic constraint names: Alembic can diff and alter them on SQLite and Postgres
 NAMING_CONVENTION = {

@@ -153,15 +153,26 @@ class Blueprint(flask_smorest.Blueprint):
         return decorator
 
 
+# the largest OFFSET PostgreSQL and SQLite take (a bigint)
+_MAX_OFFSET = 2**63 - 1
+
+
 def paginate(statement, pagination_parameters, session, *, rows=False):
     """Apply smorest pagination parameters to a select(); sets the item count for X-Pagination.
 
-    Returns entities, or whole rows with ``rows=True`` (a select of several columns)."""
-    total = session.scalar(select(func.count()).select_from(statement.order_by(None).subquery()))
-    pagination_parameters.item_count = total
+    A page with items costs one query: every row carries the count of the whole list
+    (``count(*) OVER ()`` is computed before LIMIT and OFFSET). Only an empty page (nothing to
+    list, or a page past the end) asks for the count on its own, so ``total`` is right there too.
+
+    Returns entities, or whole rows with ``rows=True`` (a select of several columns) as tuples."""
     page, size = pagination_parameters.page, pagination_parameters.page_size
     offset = (page - 1) * size
-    if offset >= total:  # past the end; also keeps a huge page number out of the SQL (bigint)
-        return []
-    result = session.execute(statement.limit(size).offset(offset))
-    return result.all() if rows else result.scalars().all()
+    found = []
+    if offset <= _MAX_OFFSET:  # a larger one is past the end anyway, and would not fit the SQL
+        found = session.execute(statement.add_columns(func.count().over()).limit(size).offset(offset)).all()
+    if found:
+        pagination_parameters.item_count = found[0][-1]
+    else:
+        pagination_parameters.item_count = session.scalar(
+            select(func.count()).select_from(statement.order_by(None).subquery()))
+    return [row[:-1] for row in found] if rows else [row[0] for row in found]

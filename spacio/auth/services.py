@@ -5,7 +5,7 @@ from datetime import timedelta
 
 from flask import current_app
 from flask_jwt_extended import create_access_token, create_refresh_token
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import bindparam, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from spacio import mail, security
@@ -64,23 +64,37 @@ def _mint_tokens(user_id, session_id, *, fresh):
     return tokens, jti
 
 
-def token_is_revoked(payload):
-    """The JWT blocklist check: the token's session must be live, and a refresh token must
-    be the session's current one. An older refresh token means it was copied: the
-    session is revoked, so the thief and the victim both have to log in again."""
+# every authenticated request runs it: built once, so SQLAlchemy also keeps its cache key
+_SESSION_WITH_USER = (
+    select(AuthSession.user_id, AuthSession.revoked_at, AuthSession.refresh_jti, User)
+    .join(User, User.id == AuthSession.user_id)
+    .where(AuthSession.id == bindparam("sid"))
+)
+
+
+def session_user(payload):
+    """The JWT blocklist check and the user lookup of an authenticated request, in one query
+    (the session joined with its user): the user when the token's session is live and
+    belongs to the token's subject, else None (the token counts as revoked). Nothing is
+    cached: every request reads the session, so a logout or a password change holds from
+    the next request on.
+
+    A refresh token must also be the session's current one. An older refresh token means
+    it was copied: the session is revoked, so the thief and the victim both have to log in
+    again."""
     try:
         sid = uuid.UUID(payload.get("sid"))
     except (TypeError, ValueError, AttributeError):  # missing, or not a UUID string
-        return True
-    session = db.session.get(AuthSession, sid)
-    if session is None or session.revoked_at is not None or str(session.user_id) != payload.get("sub"):
-        return True
-    if payload.get("type") == "refresh" and payload.get("jti") != session.refresh_jti:
-        _revoke(session, "refresh_reuse")
+        return None
+    row = db.session.execute(_SESSION_WITH_USER, {"sid": sid}).first()
+    if row is None or row.revoked_at is not None or str(row.user_id) != payload.get("sub"):
+        return None
+    if payload.get("type") == "refresh" and payload.get("jti") != row.refresh_jti:
+        revoke_sessions(row.User, reason="refresh_reuse", only=sid)
         db.session.commit()
-        current_app.logger.warning("refresh token reuse: session %s of user %s revoked", sid, session.user_id)
-        return True
-    return False
+        current_app.logger.warning("refresh token reuse: session %s of user %s revoked", sid, row.user_id)
+        return None
+    return row.User
 
 
 def refresh(payload):
@@ -102,11 +116,6 @@ def refresh(payload):
         raise Unauthorized("This refresh token has already been used.", reason="token_revoked")
     db.session.commit()
     return tokens
-
-
-def _revoke(session, reason):
-    session.revoked_at = utcnow()
-    session.revoked_reason = reason
 
 
 def revoke_sessions(user, *, reason, keep=None, only=None):

@@ -2,9 +2,10 @@
 
 import json
 import time
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import func, select, text
+from sqlalchemy import event, func, select, text
 
 from spacio.extensions import db
 
@@ -52,6 +53,24 @@ def count_rows(app, model, **where):
     with app.app_context():
         statement = select(func.count()).select_from(model).filter_by(**where)
         return db.session.scalar(statement)
+
+
+@contextmanager
+def sql_statements(app):
+    """The SQL statements the app's engine sends inside the block (SQLAlchemy's cursor
+    executions: not a pool's pre-ping, nor the driver's BEGIN and ROLLBACK)."""
+    with app.app_context():
+        engine = db.engine
+    sent = []
+
+    def record(_connection, _cursor, statement, *_args):
+        sent.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
 
 
 def lock_waits(app):

@@ -17,6 +17,7 @@ from tests.api.helpers import (
     parse_timestamp,
     roles_in,
     space_url,
+    sql_statements,
 )
 from tests.conftest import assert_error
 
@@ -177,10 +178,61 @@ def test_list_of_nothing_still_has_a_pagination_header(client, alice):
 
 def test_a_page_past_the_end_is_empty_however_far(client, alice):
     client.space(alice)
-    for page in (2, 2**62):  # the offset of the last would not fit a bigint
+    largest = (2**63 - 1) // 200 + 1  # the last page whose offset still fits a bigint
+    for page in (2, largest, largest + 1, 2**62):
         response = client.get(f"{SPACES}?page={page}&page_size=200", headers=alice.headers)
         assert response.status_code == 200 and response.json == []
         assert pagination_of(response)["total"] == 1
+
+
+def test_every_page_has_the_total_full_partial_or_past_the_end(client, alice):
+    """The total comes with the page's rows (one query), or on its own for an empty page."""
+    for n in range(5):
+        client.space(alice, f"Space {n}")
+    for page, size, items in ((1, 5, 5), (1, 3, 3), (2, 3, 2), (3, 3, 0), (1, 200, 5)):
+        response = client.get(SPACES, query_string={"page": page, "page_size": size}, headers=alice.headers)
+        assert len(response.json) == items
+        assert_pagination(response, total=5, total_pages=-(-5 // size), page=page, page_size=size)
+    assert pagination_of(client.get(SPACES, headers=client.user("bob@example.com").headers))["total"] == 0
+
+
+def test_a_list_request_makes_two_sql_statements(client, alice):
+    """What every authenticated list costs: the session with its user (or the API key with
+    its creator), then the page with the total on its rows. A page with nothing on it asks
+    for the total on its own. (Neither a pool's pre-ping nor BEGIN/ROLLBACK count here.)"""
+    spaces = [client.space(alice, f"Space {n}")["id"] for n in range(3)]
+    key = client.post("/api/v1/api-keys", json={"name": "k", "space_id": spaces[0], "role": "viewer"},
+                      headers=alice.headers).json["key"]
+    for headers, listed in ((alice.headers, 3), ({"X-API-Key": key}, 1)):
+        assert client.get(SPACES, headers=headers).status_code == 200  # a key's first use records it
+        with sql_statements(client.app) as sent:
+            response = client.get(SPACES, headers=headers)
+        assert response.status_code == 200 and len(response.json) == listed
+        assert pagination_of(response)["total"] == listed
+        assert len(sent) <= 2, sent
+    with sql_statements(client.app) as sent:
+        response = client.get(SPACES, query_string={"page": 2}, headers=alice.headers)
+    assert response.json == [] and pagination_of(response)["total"] == 3
+    assert len(sent) <= 3, sent
+
+
+def test_a_session_ended_in_one_request_is_refused_on_the_next(client, alice):
+    """No cache between the session and a request: logout, or a password change (for the
+    other sessions), holds from the very next request on."""
+    phone = client.login(alice.email)
+    phone_headers = {"Authorization": f"Bearer {phone['access_token']}"}
+    assert client.get(SPACES, headers=phone_headers).status_code == 200
+    assert client.post("/api/v1/auth/logout", headers=phone_headers).status_code == 204
+    assert_error(client.get(SPACES, headers=phone_headers), 401, "token_revoked")
+
+    laptop = client.login(alice.email)
+    laptop_headers = {"Authorization": f"Bearer {laptop['access_token']}"}
+    assert client.get(SPACES, headers=laptop_headers).status_code == 200
+    changed = client.post("/api/v1/auth/password", headers=alice.headers,
+                          json={"current_password": alice.password, "new_password": "another-Lantern-48-slowly"})
+    assert changed.status_code == 204, changed.json
+    assert_error(client.get(SPACES, headers=laptop_headers), 401, "token_revoked")
+    assert client.get(SPACES, headers=alice.headers).status_code == 200  # the session that changed it
 
 
 def test_list_allows_pages_of_200(client, alice):

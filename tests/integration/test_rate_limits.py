@@ -153,3 +153,41 @@ def test_redis_down_still_serves_and_limits_each_principal_in_process(make_app, 
     assert 500 not in statuses
     assert statuses[:6] == [200] * 6 and statuses[-1] == 429, statuses
     assert [client.get(f"{SPACES}/{space}", headers=key).status_code for _ in range(9)] == [200] * 8 + [429]
+
+
+def test_an_authenticated_request_makes_one_redis_round_trip(redis_limited, monkeypatch):
+    """Taking from the budget and reading it for the X-RateLimit-* headers is one script call."""
+    client = ApiClient(redis_limited(API_RATE_LIMIT="50 per minute"))
+    alice = client.user("alice@example.com")
+    assert client.get(SPACES, headers=alice.headers).status_code == 200  # Redis learns the script
+    sent = []
+    execute = redis.Redis.execute_command
+
+    def counted(self, *args, **options):
+        sent.append(args[0])
+        return execute(self, *args, **options)
+
+    monkeypatch.setattr(redis.Redis, "execute_command", counted)
+    responses = [client.get(SPACES, headers=alice.headers) for _ in range(3)]
+    assert sent == ["EVALSHA"] * 3
+    assert [r.status_code for r in responses] == [200] * 3
+    assert [r.headers["X-RateLimit-Remaining"] for r in responses] == ["48", "47", "46"]
+    assert all(r.headers["X-RateLimit-Limit"] == "50" and int(r.headers["X-RateLimit-Reset"]) > 0 for r in responses)
+
+
+def test_redis_stopping_mid_run_falls_back_to_in_process_limits(make_app, tmp_path):
+    from tests.integration.test_chat_memory import RedisServer
+
+    server = RedisServer(tmp_path).start()
+    try:
+        client = ApiClient(make_app(REDIS_URL=server.url, API_RATE_LIMIT="4 per minute").test_client())
+        alice = client.user("alice@example.com")
+        assert client.get(SPACES, headers=alice.headers).headers["X-RateLimit-Remaining"] == "3"
+        server.stop()
+        responses = [client.get(SPACES, headers=alice.headers) for _ in range(5)]
+    finally:
+        server.stop()
+    # the process counts on its own from here: a fresh budget, still enforced, with its headers
+    assert [r.status_code for r in responses] == [200] * 4 + [429]
+    assert [r.headers["X-RateLimit-Remaining"] for r in responses] == ["3", "2", "1", "0", "0"]
+    assert_limited(responses[-1], 4)
