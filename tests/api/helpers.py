@@ -1,7 +1,6 @@
 """Helpers shared by the API tests (fixtures live in conftest.py)."""
 
 import json
-import time
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 
@@ -86,10 +85,3 @@ def hold_row(app, table, row_id):
         connection = db.engine.connect()
         connection.execute(text(f"SELECT 1 FROM {table} WHERE id = :id FOR UPDATE"), {"id": row_id})
         return connection
-
-
-def wait_until(condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)

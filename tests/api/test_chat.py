@@ -23,9 +23,10 @@ from werkzeug.serving import make_server
 from spacio.chat.models import Conversation, Message
 from spacio.extensions import db
 from spacio.rag import answering, contracts, registry
-from tests.api.helpers import count_rows, hold_row, lock_waits, space_url, wait_until
+from tests.api.helpers import count_rows, hold_row, lock_waits, space_url
 from tests.api.test_documents import pdf
 from tests.conftest import ApiClient, assert_error
+from tests.integration.workers import wait_for
 
 FACTS = {
     "cats.txt": "Cats sleep sixteen hours each day. A house cat hunts small birds at dawn.",
@@ -422,10 +423,10 @@ def test_storing_an_answer_and_deleting_what_it_belongs_to_lock_rows_in_one_orde
     blocker = hold_row(app, "conversations", outcome["conversation"])
     try:
         held.set()
-        wait_until(lambda: lock_waits(app) == 1)  # the answer queues first
+        wait_for(lambda: lock_waits(app) == 1, 10, interval=0.02, what="the answer's lock wait")
         request_thread = threading.Thread(target=request)
         request_thread.start()
-        wait_until(lambda: lock_waits(app) == 2)  # then the request
+        wait_for(lambda: lock_waits(app) == 2, 10, interval=0.02, what="the request's lock wait")
     finally:
         blocker.close()
     for thread in (answering_thread, request_thread):

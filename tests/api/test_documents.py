@@ -27,8 +27,9 @@ from spacio.extensions import db
 from spacio.jobs import jobs
 from spacio.rag import contracts, pipeline, registry
 from tests.api.helpers import (assert_pagination, count_rows, hold_row, lock_waits, pagination_of, parse_timestamp,
-                               space_url, wait_until)
+                               space_url)
 from tests.conftest import ApiClient, assert_error
+from tests.integration.workers import wait_for
 
 EVAL_DOCS = Path(__file__).resolve().parents[2].parent / "shared" / "eval" / "docs"
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(48)
@@ -837,7 +838,6 @@ def test_an_unreachable_vector_store_is_retried_then_fails_upstream_unavailable(
     assert client.get(space_url(space_id), headers=alice.headers).status_code == 200
 
 
-
 @pytest.mark.parametrize("database", ["postgres"], indirect=True)  # row locks: SQLite locks the whole file
 @pytest.mark.parametrize("operation", ["reindex the space", "delete the space", "the uploader leaves Spacio"])
 def test_a_request_and_the_worker_lock_rows_in_one_order(client, alice, bob, space, operation):
@@ -881,7 +881,8 @@ def test_a_request_and_the_worker_lock_rows_in_one_order(client, alice, bob, spa
     try:
         for n, thread in enumerate(threads, 1):
             thread.start()
-            wait_until(lambda n=n: lock_waits(app) == n)  # the worker queues first, then the request
+            # the worker queues first, then the request
+            wait_for(lambda n=n: lock_waits(app) == n, 10, interval=0.02, what=f"{n} lock waits")
     finally:
         blocker.close()
     for thread in threads:

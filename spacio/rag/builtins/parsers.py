@@ -73,10 +73,9 @@ class TextParser:
         _require_text(blob, "text")
         text, encoding = decode_text_with_encoding(blob.data)
         text = clean_text(text)
-        first, blank, rest = text.strip().partition("\n\n")
-        title = first.strip() if blank and rest.strip() and "\n" not in first.strip() \
-            and len(first.strip()) <= TITLE_LINE_CHARS else None
-        return _document([Section(text)], title=title, encoding=encoding)
+        first, _, rest = (part.strip() for part in text.strip().partition("\n\n"))
+        one_short_line = "\n" not in first and len(first) <= TITLE_LINE_CHARS
+        return _document([Section(text)], title=first if rest and one_short_line else None, encoding=encoding)
 
 
 # --------------------------------------------------------------------------- Markdown
