@@ -27,7 +27,7 @@ Scenarios (each reports what happened and how long recovery took):
 ``postgres``  PostgreSQL stopped (pg_ctl stop -m fast, as the server's own user) and started again
               under a loop of authenticated GET /api/v1/spaces from ``--clients`` keep-alive
               clients: while down, requests must fail fast (<= a few s) with 503 at most, never 500;
-              after, all 2xx again (pool pre-ping: no stuck connection). Counts by status per phase,
+              after, all 2xx again (dead pooled connections are replaced at checkout: none stuck). Counts by status per phase,
               time to recover.
 
 The documents are generated text; the embedder is the ``hashing`` test embedder with a delay per

@@ -12,6 +12,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from spacio import config as config_module
 from spacio import errors, jobs, logs, mail, metrics, rag
+from spacio.db import check_connections_on_checkout
 from spacio.documents.uploads import UploadRequest
 from spacio.extensions import api, cors, db, jwt, limiter, migrate
 
@@ -99,10 +100,13 @@ def _init_database(app):
             db.session.registry().invalidate()
             db.session.registry.clear()
 
+    with app.app_context():
+        engine = db.engine
+    if engine.dialect.driver == "psycopg" and not app.config["SQLALCHEMY_ENGINE_OPTIONS"].get("pool_pre_ping"):
+        check_connections_on_checkout(engine)  # pool_pre_ping without its round trip
+
     if config_module.is_embedded(app):
         busy_ms = int(app.config["SQLITE_BUSY_TIMEOUT_MS"])
-        with app.app_context():
-            engine = db.engine
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record):

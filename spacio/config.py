@@ -16,7 +16,9 @@ MIB = 1024 * 1024
 class Defaults:
     # database: SQLite under the instance folder unless a URI is given
     SQLALCHEMY_DATABASE_URI = None
-    SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
+    # PostgreSQL: every checkout from the pool is checked without a round trip
+    # (spacio.db.connection_alive); {"pool_pre_ping": true} adds SQLAlchemy's SELECT 1 instead
+    SQLALCHEMY_ENGINE_OPTIONS = {}
     SQLALCHEMY_TRACK_MODIFICATIONS = False
     SQLITE_BUSY_TIMEOUT_MS = 10_000
 

@@ -144,9 +144,10 @@ def handle_pool_timeout(error):
 
 def handle_database_unavailable(error):
     """The database cannot be reached (a restart, a failover, SQLite locked past its busy
-    timeout): 503 with Retry-After, fast, never a 500; pool_pre_ping replaces the dead
-    connections once it is back. PostgreSQL aborting this transaction for another one's sake
-    (a deadlock, a serialization failure) is a conflict to retry, and is named as one."""
+    timeout): 503 with Retry-After, fast, never a 500; once it is back, the pool replaces the
+    dead connections as they are checked out (``spacio.db.connection_alive``). PostgreSQL
+    aborting this transaction for another one's sake (a deadlock, a serialization failure) is
+    a conflict to retry, and is named as one."""
     if (getattr(getattr(error, "orig", None), "sqlstate", None) or "").startswith("40"):  # class 40
         logging.getLogger("spacio.db").error("transaction aborted: %s", error.orig.__class__.__name__,
                                              exc_info=error)

@@ -85,3 +85,58 @@ def test_a_deadlock_the_database_breaks_is_a_conflict_to_retry_not_an_outage(mak
     thread.join(10)
     assert_error(response, 503, "database_conflict")
     assert response.headers["Retry-After"] == "1"
+
+
+def _pooled_backend_pid(app):
+    """The server process behind the one connection the app's pool holds (given back after)."""
+    with app.app_context():
+        pid = db.session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        db.session.remove()
+    return pid
+
+
+def _terminate(app, pid):
+    """Have PostgreSQL end a backend, as a restart or an idle timeout does (from a connection
+    of its own, not one of the pool's)."""
+    import psycopg
+
+    url = app.config["SQLALCHEMY_DATABASE_URI"].replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(url, autocommit=True) as other:
+        assert other.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,)).fetchone()[0]
+
+
+@pytest.mark.parametrize("database", ["postgres"], indirect=True)
+def test_a_connection_the_server_closed_is_replaced_when_it_is_checked_out(make_app):
+    """A pooled connection whose server process ended (a PostgreSQL restart, an idle timeout)
+    is noticed when it is checked out, without a round trip (``spacio.db.connection_alive``),
+    and the request gets a new connection: 200, not a 503 for the first request after."""
+    app = make_app(SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 1, "max_overflow": 0})
+    api = ApiClient(app.test_client())
+    alice = api.user("alice@example.com")
+    assert api.get("/api/v1/spaces", headers=alice.headers).status_code == 200
+    before = _pooled_backend_pid(app)
+    _terminate(app, before)
+
+    response = api.get("/api/v1/spaces", headers=alice.headers)
+    assert response.status_code == 200, response.json
+    assert _pooled_backend_pid(app) != before
+
+
+@pytest.mark.parametrize("database", ["postgres"], indirect=True)
+def test_a_live_idle_connection_passes_the_checkout_check_and_a_closed_one_fails(make_app):
+    from spacio.db import connection_alive
+
+    app = make_app()
+    with app.app_context():
+        raw = db.engine.raw_connection()
+        try:
+            connection = raw.dbapi_connection
+            assert connection_alive(connection)
+            connection.execute("SELECT 1")  # a transaction left open is not idle
+            assert not connection_alive(connection)
+            connection.rollback()
+            assert connection_alive(connection)
+            _terminate(app, connection.info.backend_pid)  # waits until the backend has exited
+            assert not connection_alive(connection)
+        finally:
+            raw.invalidate()
