@@ -1,7 +1,6 @@
 """Extension singletons, bound to an app by ``init_app`` in the factory."""
 
 from flask_cors import CORS
-from flask_jwt_extended import JWTManager
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import MetaData
@@ -9,6 +8,7 @@ from sqlalchemy.orm import DeclarativeBase
 
 from spacio.http import Api, client_address
 from spacio.ratelimits import Limiter
+from spacio.tokens import JWTManager
 
 # deterministic constraint names: Alembic can diff and alter them on SQLite and Postgres
 NAMING_CONVENTION = {

@@ -744,6 +744,8 @@ def test_access_token_expires_after_the_configured_lifetime(make_app):
     assert alice.tokens["expires_in"] == 1
     exp = claims(alice.tokens["access_token"])["exp"]
     assert exp - claims(alice.tokens["access_token"])["iat"] == 1
+    # verified once (and remembered by spacio.tokens): the expiry is still checked every time
+    assert get_me(client, alice.tokens["access_token"]).status_code == 200
     time.sleep(max(0.0, exp - time.time()) + 0.05)  # no leeway: one moment past exp is too late
     assert_error(get_me(client, alice.tokens["access_token"]), 401, "token_expired")
     # the refresh token still gets a new one
