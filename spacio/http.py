@@ -164,15 +164,18 @@ def paginate(statement, pagination_parameters, session, *, rows=False):
     (``count(*) OVER ()`` is computed before LIMIT and OFFSET). Only an empty page (nothing to
     list, or a page past the end) asks for the count on its own, so ``total`` is right there too.
 
-    Returns entities, or whole rows with ``rows=True`` (a select of several columns) as tuples."""
+    Returns entities, or with ``rows=True`` (a select of several columns) each row as a
+    mapping of its column labels."""
     page, size = pagination_parameters.page, pagination_parameters.page_size
     offset = (page - 1) * size
     found = []
     if offset <= _MAX_OFFSET:  # a larger one is past the end anyway, and would not fit the SQL
-        found = session.execute(statement.add_columns(func.count().over()).limit(size).offset(offset)).all()
+        found = session.execute(statement.add_columns(func.count().over().label("total")).limit(size).offset(offset)).all()
     if found:
         pagination_parameters.item_count = found[0][-1]
     else:
         pagination_parameters.item_count = session.scalar(
             select(func.count()).select_from(statement.order_by(None).subquery()))
-    return [row[:-1] for row in found] if rows else [row[0] for row in found]
+    if rows:
+        return [{key: value for key, value in row._mapping.items() if key != "total"} for row in found]
+    return [row[0] for row in found]

@@ -15,8 +15,7 @@ class Spaces(MethodView):
     @blp.paginate()
     def get(self, pagination_parameters):
         """List your spaces, newest first"""
-        rows = paginate(services.spaces_of(current_user), pagination_parameters, db.session, rows=True)
-        return services.with_roles(rows)
+        return paginate(services.spaces_of(current_user), pagination_parameters, db.session, rows=True)
 
     @blp.login_required
     @blp.arguments(schemas.SpaceCreateSchema)

@@ -60,28 +60,21 @@ def _as_uuid(value):
 
 
 def spaces_of(user):
-    """A select() of the user's spaces with the user's role, newest first (through an API
-    key: the key's space, with the key's role if lower)."""
+    """A select() of the user's spaces as rows of the space's columns and the user's ``role``,
+    newest first (through an API key: the key's space, with the key's role if lower). Rows,
+    not ``Space`` objects: a list only reads them, and loading ORM objects cost more than
+    the query (GET /spaces with 20 rows)."""
     key = _key_of(user)
     role = Membership.role
     if key is not None:
-        lesser = case((Membership.role == "viewer", "viewer"), else_=literal(key.role))
-        role = lesser.label("role")
+        role = case((Membership.role == "viewer", "viewer"), else_=literal(key.role))
     statement = (
-        select(Space, role)
+        select(*Space.__table__.columns, role.label("role"))
         .join(Membership, Membership.space_id == Space.id)
         .where(Membership.user_id == user.id)
         .order_by(Space.created_at.desc(), Space.id)
     )
     return statement.where(Space.id == key.space_id) if key is not None else statement
-
-
-def with_roles(rows):
-    spaces = []
-    for space, role in rows:
-        space.role = role
-        spaces.append(space)
-    return spaces
 
 
 def _check_settings(settings):
