@@ -5,7 +5,9 @@ import functools
 from http import HTTPStatus
 
 import flask_smorest
+import marshmallow as ma
 from flask import current_app, g, request
+from webargs.flaskparser import FlaskParser
 from flask_jwt_extended import jwt_required
 from sqlalchemy import func, select
 
@@ -39,8 +41,26 @@ def _is_json(mimetype):
     return mimetype == "application/json" or mimetype.endswith("+json")
 
 
+class _PaginationParser(FlaskParser):
+    """smorest hands webargs its pagination schema as a class, so webargs built a new schema
+    (a deep copy of its fields) for every paginated request: one instance per class instead."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._schemas = {}
+
+    def _get_schema(self, argmap, req):
+        if isinstance(argmap, type) and issubclass(argmap, ma.Schema):
+            schema = self._schemas.get(argmap)
+            if schema is None:
+                schema = self._schemas[argmap] = argmap()
+            return schema
+        return super()._get_schema(argmap, req)
+
+
 class Blueprint(flask_smorest.Blueprint):
     DEFAULT_PAGINATION_PARAMETERS = {"page": 1, "page_size": 50, "max_page_size": 200}
+    PAGINATION_ARGUMENTS_PARSER = _PaginationParser()
 
     @staticmethod
     def _make_pagination_metadata(page, page_size, item_count):
