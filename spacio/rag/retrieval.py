@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import Uuid, any_, literal, select
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from spacio.concurrency import gevent_active, plugin_runner
 from spacio.documents.models import Document
@@ -209,8 +210,14 @@ def _alive_documents(space_id, document_ids: set[str]) -> dict[str, str]:
             ids.append(uuid.UUID(str(value)))
         except ValueError:  # not one of ours: cannot be a document of the space
             continue
+    if not ids:
+        return {}
+    if db.session.get_bind().dialect.name == "postgresql":  # one array parameter, not one per id
+        matching = Document.id == any_(literal(ids, ARRAY(Uuid)))
+    else:
+        matching = Document.id.in_(ids)
     rows = db.session.execute(select(Document.id, Document.filename)
-                              .where(Document.space_id == space_id, Document.id.in_(ids))).all()
+                              .where(Document.space_id == space_id, matching)).all()
     return {str(i): name for i, name in rows}
 
 
