@@ -18,7 +18,8 @@ import pytest
 from spacio.rag.contracts import InvalidInput, PluginError, VectorRecord
 from spacio.testing.contracts.vector_store import VectorStoreContract
 from spacio_pgvector import PgVectorStore
-from spacio_pgvector.store import _rarest, _tsquery_lexeme, conninfo
+from spacio_pgvector.store import (BM25_B, BM25_K1, KEYWORD_AVERAGE_LENGTH, MAX_ROW_TERMS, _idf, _rarest,
+                                   _term_dimension, _tsquery_lexeme, conninfo, keyword_table)
 
 RUN = uuid.uuid4().hex[:8]
 
@@ -75,6 +76,11 @@ def clustered(n, dimensions, centres, rng, spread=0.15):
 
 def unit(m):
     return m / np.linalg.norm(m, axis=-1, keepdims=True)
+
+
+def analyze_keywords(admin, table):
+    """What autovacuum does soon after a load: planner statistics (idf) for the keyword table."""
+    admin.execute(psycopg.sql.SQL("ANALYZE {}").format(psycopg.sql.Identifier(keyword_table(table))))
 
 
 def as_records(document_id, vectors, texts=None):
@@ -259,7 +265,7 @@ def test_keyword_search_prefers_rare_words_and_fills_the_limit(database_url, pre
     texts[42] = "telomerase and protein together"
     rng = np.random.default_rng(3)
     store.upsert("ns", as_records("d", unit(rng.normal(size=(200, 4))), texts=texts))
-    admin.execute(psycopg.sql.SQL("ANALYZE {}").format(psycopg.sql.Identifier(f"{prefix}_4")))
+    analyze_keywords(admin, f"{prefix}_4")
     hits = store.search("ns", text="What is known about protein and telomerase?", limit=5)
     assert [h.ordinal for h in hits[:2]] == [42, 17]
     assert len(hits) == 5  # rows with only the common word still fill the limit
@@ -287,7 +293,7 @@ def test_keyword_budget_widens_until_the_limit_is_filled_and_ranks_like_no_budge
     rng = np.random.default_rng(5)
     tight = PgVectorStore(database_url=database_url, table_prefix=prefix, keyword_candidates=1)
     tight.upsert("ns", as_records("d", unit(rng.normal(size=(300, 4))), texts=texts))
-    admin.execute(psycopg.sql.SQL("ANALYZE {}").format(psycopg.sql.Identifier(f"{prefix}_4")))
+    analyze_keywords(admin, f"{prefix}_4")
     unlimited = PgVectorStore(database_url=database_url, table_prefix=prefix, keyword_candidates=10**9)
     for question, limit in [("telomerase and cell growth", 40), ("telomerase membrane", 200), ("telomerase", 10)]:
         got = tight.search("ns", text=question, limit=limit)
@@ -480,3 +486,356 @@ def test_ready_answers_when_postgres_does_and_raises_when_it_does_not(database_u
     down = PgVectorStore(database_url="postgresql://nobody@127.0.0.1:1/none?connect_timeout=2")
     with pytest.raises(UpstreamUnavailable):
         down.ready(1.0)
+
+
+# ---------------------------------------------------------------- the keyword table
+
+
+def table_rows(admin, table, query="SELECT count(*) FROM {}"):
+    return admin.execute(psycopg.sql.SQL(query).format(psycopg.sql.Identifier(table))).fetchall()
+
+
+def orphans(admin, table):
+    """Keyword rows without their main row, main rows without their keyword row, and pairs
+    whose namespace or lexemes disagree."""
+    return admin.execute(psycopg.sql.SQL("""
+        SELECT count(*) FILTER (WHERE t.id IS NULL), count(*) FILTER (WHERE k.id IS NULL),
+               count(*) FILTER (WHERE k.namespace <> t.namespace
+                                   OR k.tsv <> to_tsvector('english', t.text))
+        FROM {} k FULL JOIN {} t USING (id)""").format(
+        psycopg.sql.Identifier(keyword_table(table)), psycopg.sql.Identifier(table))).fetchone()
+
+
+def test_term_dimensions_are_sha256_and_never_change(admin):
+    """Stored weights depend on these numbers: a different hash would silently break every
+    table written before. Pinned values, and the same as hashlib's over UTF-8."""
+    import hashlib
+
+    lexemes = ["protein", "telomeras", "ünï", "x", "a'b"]
+    got = [admin.execute(psycopg.sql.SQL("SELECT {}").format(_term_dimension(psycopg.sql.Literal(lexeme)))
+                         ).fetchone()[0] for lexeme in lexemes]
+    assert got == [int(hashlib.sha256(lexeme.encode()).hexdigest()[:7], 16) + 1 for lexeme in lexemes]
+    assert got[:2] == [248017225, 19657010]
+    assert all(1 <= d <= 2**28 for d in got)
+
+
+VOCABULARY = ("telomerase protein membrane insulin glucose kinase receptor mutation tumour cell growth "
+              "neuron cortex plasma antibody vaccine virus bacteria enzyme lipid cholesterol hormone "
+              "oxygen mitochondria ribosome chromosome genome sequence expression pathway signal "
+              "inflammation macrophage lymphocyte cytokine apoptosis autophagy stem embryo tissue "
+              "organ liver kidney heart lung brain bone muscle skin blood vessel artery").split()
+
+
+def test_keyword_ranking_is_bm25_over_postgres_lexemes(database_url, prefixes, admin):
+    """The ranking equals BM25 computed here, in Python, over the lexemes PostgreSQL's
+    to_tsvector finds (tf = their positions, len = distinct lexemes), idf from the planner
+    statistics the store reads, the table's length pivot: stored weights, hashing and the
+    sparse inner product change nothing but float precision. Also with a namespace next
+    door and a document_ids filter."""
+    prefix = prefixes("bm25")
+    store = PgVectorStore(database_url=database_url, table_prefix=prefix)
+    rng = np.random.default_rng(11)
+    zipf = 1 / np.arange(1, len(VOCABULARY) + 1)
+    texts = {}
+    for namespace in ("ns", "other"):
+        for d in range(6):
+            chunks = [" ".join(rng.choice(VOCABULARY, size=int(rng.integers(3, 40)), p=zipf / zipf.sum()))
+                      for _ in range(50)]
+            records = as_records(f"doc-{d}", unit(rng.normal(size=(50, 4))), texts=chunks)
+            store.upsert(namespace, records)
+            texts.update({r.id: (namespace, r.document_id, r.text) for r in records})
+    table = f"{prefix}_4"
+    analyze_keywords(admin, table)
+    with store._connection() as conn:
+        stats = store._lexeme_stats(conn, 4)
+    assert stats.frequency and stats.rows == 600
+
+    def lexemes(text):
+        return dict(admin.execute("SELECT lexeme, coalesce(array_length(positions, 1), 1) "
+                                  "FROM unnest(to_tsvector('english', %s))", (text,)).fetchall())
+
+    bags = {id_: lexemes(text) for id_, (_, _, text) in texts.items()}
+
+    def bm25(question, namespace, documents=None):
+        words = lexemes(question)
+        scores = {}
+        for id_, bag in bags.items():
+            ns, document, _ = texts[id_]
+            if ns != namespace or (documents is not None and document not in documents) or not words.keys() & bag:
+                continue
+            scores[id_] = sum(
+                _idf(stats.frequency.get(w, stats.rare)) * bag[w] * (BM25_K1 + 1)
+                / (bag[w] + BM25_K1 * (1 - BM25_B + BM25_B * len(bag) / KEYWORD_AVERAGE_LENGTH))
+                for w in words if w in bag)
+        return sorted(scores.items(), key=lambda item: (-item[1], item[0])), scores
+
+    questions = ["telomerase in tumour cell growth", "insulin glucose kinase receptor", "artery vessel blood",
+                 "cell", "does the macrophage cytokine pathway drive inflammation of the liver?"]
+    compared = 0
+    for question in questions:
+        for namespace, documents in [("ns", None), ("other", None), ("ns", ["doc-1", "doc-4"])]:
+            want, score_of = bm25(question, namespace, documents)
+            got = store.search(namespace, text=question, limit=40, document_ids=documents)
+            assert len(got) == min(40, len(want)), question
+            for i, hit in enumerate(got):
+                assert texts[hit.id][0] == namespace
+                assert documents is None or hit.document_id in documents
+                # the i-th best score, and this hit really scores that (ties may swap places)
+                assert hit.score == pytest.approx(want[i][1], rel=2e-5), (question, i)
+                assert score_of[hit.id] == pytest.approx(want[i][1], rel=2e-5), (question, i)
+                compared += 1
+    assert compared > 400
+    store.close()
+
+
+def test_writes_keep_the_keyword_table_in_step(database_url, prefixes, admin):
+    prefix = prefixes("step")
+    table = f"{prefix}_4"
+    store = PgVectorStore(database_url=database_url, table_prefix=prefix)
+    rng = np.random.default_rng(4)
+    first = as_records("d1", unit(rng.normal(size=(5, 4))), texts=[f"alpha glacier {i}" for i in range(5)])
+    second = as_records("d2", unit(rng.normal(size=(5, 4))), texts=[f"beta volcano {i}" for i in range(5)])
+    store.upsert("a", first + second)
+    store.upsert("b", as_records("d1", unit(rng.normal(size=(3, 4))), texts=["gamma", "the of and", ""]))
+    assert table_rows(admin, keyword_table(table)) == [(13,)] and orphans(admin, table) == (0, 0, 0)
+    # no lexemes (stop words only, empty): an empty weight vector, never matched
+    assert table_rows(admin, keyword_table(table), "SELECT weights::text FROM {} WHERE length(tsv) = 0") == [
+        ("{}/268435456",)] * 2
+
+    # new text for an id: its keyword row follows
+    store.upsert("a", [VectorRecord(id=first[0].id, document_id="d1", ordinal=0, text="zymurgy now",
+                                    vector=first[0].vector)])
+    assert [h.id for h in store.search("a", text="zymurgy", limit=5)] == [first[0].id]
+    assert first[0].id not in {h.id for h in store.search("a", text="glacier", limit=5)}
+    # an id moved to another namespace: so is its keyword row
+    store.upsert("b", [second[0]])
+    assert [h.id for h in store.search("b", text="volcano", limit=5)] == [second[0].id]
+    assert second[0].id not in {h.id for h in store.search("a", text="volcano", limit=5)}
+    assert orphans(admin, table) == (0, 0, 0)
+
+    store.delete_document("a", "d1")  # namespace b has a d1 too: it stays
+    assert store.search("a", text="glacier zymurgy", limit=5) == []
+    assert store.count("a") == 4 and store.count("b") == 4
+    assert table_rows(admin, keyword_table(table)) == [(8,)] and orphans(admin, table) == (0, 0, 0)
+    store.drop_namespace("b")
+    assert table_rows(admin, keyword_table(table), "SELECT namespace, count(*) FROM {} GROUP BY 1") == [("a", 4)]
+    assert orphans(admin, table) == (0, 0, 0)
+    # a failed batch writes neither table
+    too_long_for_a_tsvector = " ".join(f"w{i:07d}" for i in range(150_000))  # > 1 MB of lexemes
+    with pytest.raises(InvalidInput):
+        store.upsert("a", as_records("d9", unit(rng.normal(size=(2, 4))), texts=["fine", too_long_for_a_tsvector]))
+    assert table_rows(admin, keyword_table(table)) == [(4,)] and orphans(admin, table) == (0, 0, 0)
+    store.close()
+
+
+def test_a_row_with_more_words_than_a_sparsevec_holds(database_url, prefixes, admin):
+    """pgvector keeps at most 16,000 entries in a sparsevec: such a row keeps its heaviest
+    weights, and every one of its words still matches."""
+    prefix = prefixes("wide")
+    store = PgVectorStore(database_url=database_url, table_prefix=prefix, text_search_config="simple")
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    words = ["q" + "".join(letters[(n // 26**k) % 26] for k in range(4)) for n in range(MAX_ROW_TERMS + 1000)]
+    text = " ".join(words) + " " + " ".join(words[:10])  # the first ten twice: heavier
+    (record,) = as_records("big", [[1.0, 0, 0, 0]], texts=[text])
+    store.upsert("ns", [record])
+    (entries,) = admin.execute(psycopg.sql.SQL("SELECT length(weights::text) - length(replace(weights::text, ':', '')) "
+                                               "FROM {}").format(psycopg.sql.Identifier(keyword_table(f"{prefix}_4")))
+                               ).fetchone()
+    assert entries == MAX_ROW_TERMS
+    heavy, light = (store.search("ns", text=w, limit=1) for w in (words[0], words[-1]))
+    assert [h.id for h in heavy] == [record.id] == [h.id for h in light]
+    assert heavy[0].score > 0
+    store.close()
+
+
+def test_keyword_weights_use_the_tables_length_pivot(database_url, prefixes, admin):
+    """keyword_average_length is fixed when the table is made: a store configured otherwise
+    later writes weights comparable with the stored ones."""
+    prefix = prefixes("pivot")
+    first = PgVectorStore(database_url=database_url, table_prefix=prefix, keyword_average_length=64)
+    later = PgVectorStore(database_url=database_url, table_prefix=prefix, keyword_average_length=5)
+    one, two = as_records("d", [[1.0, 0, 0, 0], [0, 1.0, 0, 0]], texts=["melting glaciers melt fast"] * 2)
+    first.upsert("ns", [one])
+    later.upsert("ns", [two])
+    weights = dict(admin.execute(psycopg.sql.SQL("SELECT id::text, weights::text FROM {}").format(
+        psycopg.sql.Identifier(keyword_table(f"{prefix}_4")))).fetchall())
+    assert weights[one.id] == weights[two.id]
+    # 3 distinct lexemes (glacier, fast once; melt twice), at the pivot 64
+    stored = sorted(float(entry.split(":")[1]) for entry in weights[one.id].split("}")[0][1:].split(","))
+    assert stored == pytest.approx([tf * (BM25_K1 + 1) / (tf + BM25_K1 * (1 - BM25_B + BM25_B * 3 / 64))
+                                    for tf in (1, 1, 2)], rel=1e-6)
+    fresh = PgVectorStore(database_url=database_url, table_prefix=prefix, keyword_average_length=5)
+    with fresh._connection() as conn:
+        assert fresh._table_info(conn, 4).average_length == 64
+    for store in (first, later, fresh):
+        store.close()
+
+
+# the layout before the keyword table: a generated tsv column and a GIN index on the main table
+OLD_LAYOUT = """
+    CREATE TABLE {namespaces} (namespace text PRIMARY KEY, dimensions integer NOT NULL);
+    CREATE TABLE {tables} (dimensions integer PRIMARY KEY, text_search_config text NOT NULL);
+    CREATE TABLE {table} (
+        id uuid PRIMARY KEY,
+        namespace text NOT NULL,
+        document_id text NOT NULL,
+        ordinal integer NOT NULL,
+        page integer,
+        text text NOT NULL,
+        metadata jsonb NOT NULL DEFAULT '{{}}',
+        embedding vector(4) NOT NULL,
+        tsv tsvector GENERATED ALWAYS AS (to_tsvector('english'::regconfig, text)) STORED
+    );
+    CREATE INDEX {document} ON {table} (namespace, document_id);
+    CREATE INDEX {tsv} ON {table} USING gin (tsv);
+    CREATE INDEX {embedding} ON {table} USING hnsw (embedding vector_cosine_ops) WITH (m = 16, ef_construction = 64);
+    INSERT INTO {tables} VALUES (4, 'english');
+"""
+
+
+def test_a_table_of_the_earlier_layout_is_migrated_on_first_use(database_url, prefixes, admin):
+    """Made with the old DDL and filled: the first store to open moves its keywords to the
+    keyword table (from the stored tsv) and drops the column; searches then rank exactly
+    like a table made in the new layout from the same records. Stores opening at once
+    migrate it once."""
+    from pgvector.psycopg import register_vector
+
+    old, new = prefixes("old"), prefixes("new")
+    ident = psycopg.sql.Identifier
+    table = f"{old}_4"
+    with psycopg.connect(conninfo(database_url)) as conn:
+        conn.execute(psycopg.sql.SQL(OLD_LAYOUT).format(
+            namespaces=ident(f"{old}_namespaces"), tables=ident(f"{old}_tables"), table=ident(table),
+            document=ident(f"{table}_document"), tsv=ident(f"{table}_tsv"), embedding=ident(f"{table}_embedding")))
+        conn.commit()
+        register_vector(conn)
+        rng = np.random.default_rng(9)
+        zipf = 1 / np.arange(1, len(VOCABULARY) + 1)
+        records = []
+        for namespace in ("ns", "other"):
+            conn.execute(psycopg.sql.SQL("INSERT INTO {} VALUES (%s, 4)").format(ident(f"{old}_namespaces")),
+                         (namespace,))
+            for d in range(3):
+                texts = [" ".join(rng.choice(VOCABULARY, size=int(rng.integers(3, 30)), p=zipf / zipf.sum()))
+                         for _ in range(40)]
+                batch = as_records(f"doc-{d}", unit(rng.normal(size=(40, 4))).astype(np.float32), texts=texts)
+                records.append((namespace, batch))
+                for r in batch:
+                    conn.execute(psycopg.sql.SQL(
+                        "INSERT INTO {} (id, namespace, document_id, ordinal, text, embedding) "
+                        "VALUES (%s, %s, %s, %s, %s, %s)").format(ident(table)),
+                        (r.id, namespace, r.document_id, r.ordinal, r.text, np.asarray(r.vector)))
+        conn.commit()
+    reference = PgVectorStore(database_url=database_url, table_prefix=new)
+    for namespace, batch in records:
+        reference.upsert(namespace, batch)
+    analyze_keywords(admin, f"{new}_4")
+
+    stores = [PgVectorStore(database_url=database_url, table_prefix=old) for _ in range(3)]
+    errors = []
+
+    def first_use(store):
+        try:
+            store.ready(60)
+        except Exception as error:  # collected and asserted below
+            errors.append(error)
+
+    threads = [threading.Thread(target=first_use, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+    columns = {r[0] for r in admin.execute("SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass "
+                                           "AND attnum > 0 AND NOT attisdropped", (table,))}
+    assert "tsv" not in columns and {"text", "embedding"} <= columns
+    indexes = {r[0] for r in admin.execute("SELECT indexname FROM pg_indexes WHERE tablename IN (%s, %s)",
+                                           (table, keyword_table(table)))}
+    assert f"{table}_tsv" not in indexes and f"{keyword_table(table)}_tsv" in indexes
+    assert table_rows(admin, keyword_table(table)) == [(240,)] and orphans(admin, table) == (0, 0, 0)
+    assert admin.execute(psycopg.sql.SQL("SELECT keyword_average_length FROM {}").format(
+        ident(f"{old}_tables"))).fetchall() == [(KEYWORD_AVERAGE_LENGTH,)]
+    assert admin.execute("SELECT most_common_elems IS NOT NULL FROM pg_stats WHERE tablename = %s "
+                         "AND attname = 'tsv'", (keyword_table(table),)).fetchone() == (True,)  # analysed: idf
+
+    store = stores[0]
+    for question in ["telomerase in tumour cell growth", "glucose", "heart lung brain bone"]:
+        for namespace in ("ns", "other"):
+            got = store.search(namespace, text=question, limit=30)
+            want = reference.search(namespace, text=question, limit=30)
+            assert len(got) == len(want) > 0
+            assert [h.score for h in got] == pytest.approx([h.score for h in want], rel=1e-6)
+    (namespace, batch) = records[0]
+    assert store.search(namespace, vector=batch[5].vector, limit=1)[0].id == batch[5].id
+    # and it keeps working as a new-layout table
+    store.upsert("ns", as_records("late", [[1.0, 0, 0, 0]], texts=["zymurgy"]))
+    assert [h.document_id for h in store.search("ns", text="zymurgy", limit=3)] == ["late"]
+    store.delete_document("ns", "doc-0")
+    assert orphans(admin, table) == (0, 0, 0)
+    for s in (*stores, reference):
+        s.close()
+
+
+# ---------------------------------------------------------------- vector search round trips
+
+
+def test_pooled_sessions_carry_the_hnsw_settings(database_url, prefixes):
+    """Set once per connection, in autocommit: a search is its statements only. A search for
+    more hits than ef_search raises it in its own transaction; the session keeps its value."""
+    prefix = prefixes("session")
+    store = PgVectorStore(database_url=database_url, table_prefix=prefix, max_pool_size=1, ef_search=40,
+                          max_scan_tuples=5000, exact_scan_below=0)
+    vectors = unit(np.random.default_rng(8).normal(size=(300, 8))).astype(np.float32)
+    store.upsert("ns", as_records("d", vectors))
+
+    def session():
+        with store._connection() as conn:
+            assert conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            return [conn.execute(f"SHOW {name}").fetchone()[0]
+                    for name in ("hnsw.ef_search", "hnsw.iterative_scan", "hnsw.max_scan_tuples")]
+
+    assert session() == ["40", "relaxed_order", "5000"]
+    hits = store.search("ns", vector=vectors[0], limit=120)
+    assert len(hits) == 120 and hits[0].id and store.stats["hnsw"] == 1
+    want = set(np.argsort(-(vectors @ vectors[0]))[:120])
+    assert len(want & {h.ordinal for h in hits}) / 120 >= 0.9
+    assert session() == ["40", "relaxed_order", "5000"]
+    store.close()
+
+
+def test_a_stale_namespace_size_never_costs_hits(database_url, prefixes):
+    """Whether a namespace is below exact_scan_below is remembered for a while. Another
+    process shrinking a large namespace or growing a small one meanwhile changes the plan's
+    speed, not the hits: the exact scan is exact, and a short HNSW answer falls back to it."""
+    prefix = prefixes("stale")
+    searcher = PgVectorStore(database_url=database_url, table_prefix=prefix, exact_scan_below=100)
+    writer = PgVectorStore(database_url=database_url, table_prefix=prefix)
+    rng = np.random.default_rng(6)
+    big = as_records("many", unit(rng.normal(size=(150, 8))).astype(np.float32))
+    keep = as_records("few", unit(rng.normal(size=(5, 8))).astype(np.float32))
+    writer.upsert("shrinks", big + keep)
+    query = unit(rng.normal(size=8)).astype(np.float32)
+    assert len(searcher.search("shrinks", vector=query, limit=10)) == 10
+    assert searcher.stats == {"exact": 0, "hnsw": 1, "exact_fallback": 0}
+    assert searcher._small["shrinks"][0] is False
+    writer.delete_document("shrinks", "many")  # the searcher still believes it large
+    hits = searcher.search("shrinks", vector=query, limit=10)
+    assert sorted(h.id for h in hits) == sorted(r.id for r in keep)
+    assert searcher.stats == {"exact": 1, "hnsw": 2, "exact_fallback": 1}
+
+    few = as_records("start", unit(rng.normal(size=(20, 8))).astype(np.float32))
+    writer.upsert("grows", few)
+    assert len(searcher.search("grows", vector=query, limit=10)) == 10
+    assert searcher._small["grows"][0] is True
+    more = as_records("more", unit(rng.normal(size=(300, 8))).astype(np.float32))
+    writer.upsert("grows", more)  # the searcher still believes it small: exact, so exactly right
+    everything = few + more
+    vectors = np.array([r.vector for r in everything])
+    want = [everything[i].id for i in np.argsort(-(vectors @ query), kind="stable")[:10]]
+    assert [h.id for h in searcher.search("grows", vector=query, limit=10)] == want
+    searcher._small["grows"] = (True, 0.0)  # expired: counted again
+    searcher.search("grows", vector=query, limit=10)
+    assert searcher._small["grows"][0] is False
+    searcher.close()
+    writer.close()
