@@ -7,8 +7,11 @@ Setup (PostgreSQL + pgvector and Redis, as production runs it):
    API into one big space, and 20 other abstracts into a small space. Both spaces' chunks
    land in the one shared table ``vs_pgvector_384``.
 2. Filler: the shared table is grown to ``--rows`` (100k) by bulk ``COPY`` into the big
-   space's namespace (HNSW and GIN indexes dropped first, rebuilt after with the store's
-   parameters, then ``VACUUM ANALYZE``: pgvector's advice for bulk loads). Each filler
+   space's namespace, and its keyword table ``vs_pgvector_384_keywords`` gets the filler
+   rows' lexemes and BM25 weights from the store's own SQL (``keyword_rows_sql``); the HNSW
+   index and the keyword table's indexes are dropped first, rebuilt after with the store's
+   parameters, then ``VACUUM ANALYZE`` (pgvector's advice for bulk loads). A table of the
+   store's earlier layout is migrated first, by opening the store. Each filler
    vector is a small perturbation of a real chunk's all-MiniLM-L6-v2 embedding (plus a
    quarter of another real chunk's and noise: cosine ~0.92 to the original; random normal
    vectors would make any ANN index look broken). Each filler text is a real SciFact
@@ -68,6 +71,7 @@ SCIFACT = ROOT.parent / "shared" / "eval" / "retrieval" / "scifact"
 from ingest import BIN, PASSWORD, SECRET, Api, free_port  # noqa: E402
 
 TABLE = "vs_pgvector_384"  # the pgvector store's default table for 384 dimensions
+KEYWORDS = f"{TABLE}_keywords"  # its keyword table (spacio_pgvector.store.keyword_table)
 MODES = ("hybrid", "vector", "keyword")
 
 
@@ -226,11 +230,12 @@ def fill(database_url, namespace, rows_wanted, texts="corpus", seed=11):
     pessimistic case for keyword search). Each filler row belongs to the document of the
     chunk its vector came from, so hits resolve to real documents."""
     from pgvector.psycopg import register_vector
+    from psycopg import sql
 
-    from spacio_pgvector.store import conninfo
+    from spacio_pgvector.store import conninfo, keyword_rows_sql
 
     rng, nrng = random.Random(seed), np.random.default_rng(seed)
-    out = {"filler_texts": texts}
+    out = {"filler_texts": texts, **current_layout(database_url)}
     with psycopg.connect(conninfo(database_url), autocommit=True) as conn:
         register_vector(conn)
         real = conn.execute(f"SELECT document_id, page, text, metadata, embedding FROM {TABLE} "
@@ -257,7 +262,8 @@ def fill(database_url, namespace, rows_wanted, texts="corpus", seed=11):
 
         t0 = time.perf_counter()
         conn.execute(f"DROP INDEX IF EXISTS {TABLE}_embedding")
-        conn.execute(f"DROP INDEX IF EXISTS {TABLE}_tsv")
+        conn.execute(f"DROP INDEX IF EXISTS {KEYWORDS}_tsv")
+        conn.execute(f"DROP INDEX IF EXISTS {KEYWORDS}_ns")
         t = time.perf_counter()
         with conn.cursor() as cur, cur.copy(f"COPY {TABLE} (id, namespace, document_id, ordinal, page, text, "
                                             "metadata, embedding) FROM STDIN (FORMAT BINARY)") as copy:
@@ -270,6 +276,15 @@ def fill(database_url, namespace, rows_wanted, texts="corpus", seed=11):
                 copy.write_row((uuid.uuid4(), namespace, document_id, 1000 + k, page, text,
                                 psycopg.types.json.Jsonb(metadata or {}), vectors[k]))
         out["copy_s"] = round(time.perf_counter() - t, 1)
+        # the keyword rows, exactly as the store's upsert writes them (PostgreSQL's to_tsvector,
+        # the table's text search config and BM25 length pivot)
+        config, average = conn.execute("SELECT text_search_config, keyword_average_length FROM vs_pgvector_tables "
+                                       "WHERE dimensions = %s", (int(TABLE.rsplit("_", 1)[1]),)).fetchone()
+        t = time.perf_counter()
+        conn.execute(keyword_rows_sql(TABLE, config, average, sql.SQL(
+            "NOT EXISTS (SELECT 1 FROM {} k WHERE k.id = {}.id)").format(sql.Identifier(KEYWORDS),
+                                                                        sql.Identifier(TABLE))))
+        out["keyword_rows_s"] = round(time.perf_counter() - t, 1)
         conn.execute("SET maintenance_work_mem = '1GB'")
         conn.execute("SET max_parallel_maintenance_workers = 1")
         t = time.perf_counter()
@@ -277,23 +292,49 @@ def fill(database_url, namespace, rows_wanted, texts="corpus", seed=11):
                      "WITH (m = 16, ef_construction = 64)")  # the store's defaults
         out["hnsw_build_s"] = round(time.perf_counter() - t, 1)
         t = time.perf_counter()
-        conn.execute(f"CREATE INDEX {TABLE}_tsv ON {TABLE} USING gin (tsv)")
+        conn.execute(f"CREATE INDEX {KEYWORDS}_tsv ON {KEYWORDS} USING gin (tsv)")  # the store's indexes
+        conn.execute(f"CREATE INDEX {KEYWORDS}_ns ON {KEYWORDS} (namespace)")
         out["gin_build_s"] = round(time.perf_counter() - t, 1)
         t = time.perf_counter()
         conn.execute(f"VACUUM ANALYZE {TABLE}")
+        conn.execute(f"VACUUM ANALYZE {KEYWORDS}")
         out["vacuum_analyze_s"] = round(time.perf_counter() - t, 1)
         out["total_s"] = round(time.perf_counter() - t0, 1)
         out["rows_after"] = conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0]
-        out["table_mb"] = round(conn.execute("SELECT pg_total_relation_size(%s)", (TABLE,)).fetchone()[0] / 2**20)
+        out["keyword_rows_after"] = conn.execute(f"SELECT count(*) FROM {KEYWORDS}").fetchone()[0]
+        out.update(table_sizes(conn))
     return out
+
+
+def current_layout(database_url):
+    """Open the store once: it creates its registry and migrates tables of an earlier layout."""
+    from spacio_pgvector import PgVectorStore
+
+    t = time.perf_counter()
+    store = PgVectorStore(database_url=database_url)
+    try:
+        store.ready(600)
+    finally:
+        store.close()
+    return {"store_open_s": round(time.perf_counter() - t, 1)}
+
+
+def table_sizes(conn):
+    """MB of the main and the keyword table, indexes and TOAST included."""
+    return {f"{key}_mb": round(conn.execute("SELECT pg_total_relation_size(%s)", (name,)).fetchone()[0] / 2**20)
+            for key, name in (("table", TABLE), ("keyword_table", KEYWORDS))}
 
 
 def drop_filler(database_url, namespace):
     from spacio_pgvector.store import conninfo
 
+    opened = current_layout(database_url)
     with psycopg.connect(conninfo(database_url), autocommit=True) as conn:
-        conn.execute(f"DELETE FROM {TABLE} WHERE namespace = %s AND ordinal >= 1000", (namespace,))
+        conn.execute(f"WITH gone AS (DELETE FROM {TABLE} WHERE namespace = %s AND ordinal >= 1000 RETURNING id) "
+                     f"DELETE FROM {KEYWORDS} WHERE id IN (SELECT id FROM gone)", (namespace,))
         conn.execute(f"VACUUM {TABLE}")
+        conn.execute(f"VACUUM {KEYWORDS}")
+    return opened
 
 
 def postgres_settings(database_url):
@@ -302,7 +343,7 @@ def postgres_settings(database_url):
     with psycopg.connect(conninfo(database_url)) as conn:
         out = {name: conn.execute(f"SHOW {name}").fetchone()[0] for name in
                ("server_version", "shared_buffers", "work_mem", "effective_cache_size")}
-        out["table_mb"] = round(conn.execute("SELECT pg_total_relation_size(%s)", (TABLE,)).fetchone()[0] / 2**20)
+        out.update(table_sizes(conn))
     return out
 
 
@@ -518,7 +559,7 @@ def main():
             big, small = spaces.get("SciFact big"), spaces.get("SciFact small")
         if big and small:
             if args.refill:
-                drop_filler(database_url, big)
+                report["drop_filler"] = drop_filler(database_url, big)
             report["fill"] = {"reused": True, **fill(database_url, big, args.rows, args.filler_texts)}
     if not (big and small):
         print(f"load average {os.getloadavg()[0]:.2f}; ingesting {len(big_docs)} + {len(small_docs)} abstracts ...")
