@@ -12,7 +12,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from spacio import config as config_module
 from spacio import errors, jobs, logs, mail, metrics, rag
-from spacio.db import check_connections_on_checkout
+from spacio.db import FairQueuePool, check_connections_on_checkout
 from spacio.documents.uploads import UploadRequest
 from spacio.extensions import api, cors, db, jwt, limiter, migrate
 
@@ -85,6 +85,9 @@ def _init_database(app):
     # models must be imported before Alembic or create_all look at the metadata
     from spacio import models  # noqa: F401
 
+    if not config_module.is_embedded(app):  # a server's pool: waiting checkouts are served in turn
+        app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {"poolclass": FairQueuePool,
+                                                   **app.config["SQLALCHEMY_ENGINE_OPTIONS"]}
     db.init_app(app)
     migrate.init_app(app, db, directory=app.config.get("MIGRATIONS_DIRECTORY") or _migrations_dir(),
                      compare_type=True, render_as_batch=True)
