@@ -308,6 +308,23 @@ class PgVectorStore:
         """Serialise schema changes across processes (CREATE ... IF NOT EXISTS still races)."""
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (zlib.crc32(self.prefix.encode()) - 2**31,))
 
+    def _write_locks(self, conn: psycopg.Connection, namespace: str, documents: Sequence[str] = (),
+                     drop: bool = False) -> None:
+        """Advisory locks of a write transaction, taken before it touches a row: the
+        namespace's (shared by writes, exclusive for ``drop_namespace``), then each document's
+        (exclusive, in key order). Two writers of one document, or a drop and a write of one
+        namespace, then wait for each other instead of locking the same rows in different
+        orders, which PostgreSQL aborts as a deadlock (a reindex drops a namespace while
+        ingestion still writes to it). Keys are CRC32s: a collision only makes two writers
+        take turns."""
+        space = _lock_key(f"{self.prefix}:namespace")
+        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)" if drop else "SELECT pg_advisory_xact_lock_shared(%s, %s)",
+                     (space, _lock_key(namespace)))
+        keys = sorted({_lock_key(f"{namespace}\0{document}") for document in documents})
+        if keys:
+            conn.execute("SELECT count(pg_advisory_xact_lock(%s, k)) FROM (SELECT unnest(%s::int[]) AS k "
+                         "ORDER BY 1) s", (_lock_key(f"{self.prefix}:document"), keys))
+
     @contextmanager
     def _connection(self, transaction: bool = False) -> Iterator[psycopg.Connection]:
         """A pooled (autocommit) connection; with ``transaction`` its statements are one transaction."""
@@ -487,6 +504,7 @@ class PgVectorStore:
                 for r, vector in zip(records, matrix)]
         dimensions = matrix.shape[1]
         with self._transaction() as conn:
+            self._write_locks(conn, namespace, {row[2] for row in rows})
             remember, info = self._ensure_namespace(conn, namespace, dimensions)
             with conn.cursor() as cursor, _too_large_is_invalid():
                 cursor.executemany(sql.SQL("""
@@ -505,6 +523,7 @@ class PgVectorStore:
 
     def delete_document(self, namespace: str, document_id: str) -> None:
         with self._transaction() as conn:
+            self._write_locks(conn, namespace, [_clean(str(document_id))])
             dimensions = self._dimensions(conn, namespace)
             if dimensions is not None:
                 conn.execute(sql.SQL("""
@@ -515,9 +534,10 @@ class PgVectorStore:
 
     def drop_namespace(self, namespace: str) -> None:
         with self._transaction() as conn:
+            self._write_locks(conn, namespace, drop=True)
             dimensions = self._dimensions(conn, namespace)
             if dimensions is not None:
-                for table in (self._keywords(dimensions), self._table(dimensions)):
+                for table in (self._table(dimensions), self._keywords(dimensions)):  # as every write: main first
                     conn.execute(sql.SQL("DELETE FROM {} WHERE namespace = %s").format(table), (namespace,))
                 conn.execute(sql.SQL("DELETE FROM {} WHERE namespace = %s").format(
                     sql.Identifier(f"{self.prefix}_namespaces")), (namespace,))
@@ -809,6 +829,11 @@ def _rarest(lexemes: list[str], frequency: dict[str, float], rows: float, budget
         chosen.append(lexeme)
         expected = more
     return chosen
+
+
+def _lock_key(text: str) -> int:
+    """An advisory lock key (a signed int4) for ``text``."""
+    return zlib.crc32(text.encode()) - 2**31
 
 
 def _version(text: str) -> tuple[int, ...]:

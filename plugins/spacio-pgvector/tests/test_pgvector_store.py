@@ -839,3 +839,52 @@ def test_a_stale_namespace_size_never_costs_hits(database_url, prefixes):
     assert searcher._small["grows"][0] is False
     searcher.close()
     writer.close()
+
+
+def test_concurrent_writes_of_one_namespace_never_deadlock(database_url, prefixes):
+    """What a reindex does while ingestion threads still write: a namespace dropped while its
+    documents are upserted, and one document deleted and upserted by two writers at once
+    (PostgreSQL aborted one of two such transactions as a deadlock: they locked the main and
+    the keyword table's rows in different orders). Every call succeeds."""
+    store = PgVectorStore(database_url=database_url, table_prefix=prefixes("deadlock"), max_pool_size=8)
+    rng = np.random.default_rng(5)
+    words = [f"word{i}" for i in range(300)]
+
+    def records(document, n=40):
+        vectors = unit(rng.normal(size=(n, 16)))
+        return [VectorRecord(id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{document}/{i}")), document_id=document,
+                             ordinal=i, vector=vectors[i], text=" ".join(rng.choice(words, 60)))
+                for i in range(n)]
+
+    failures, rounds = [], 25
+    barrier = threading.Barrier(4)
+
+    def run(work):
+        try:
+            for round_ in range(rounds):
+                barrier.wait(10)
+                work(round_)
+        except Exception as error:  # noqa: BLE001 - reported below
+            failures.append(repr(error))
+            barrier.abort()
+
+    def ingest(document):
+        def work(_):
+            store.delete_document("ns", document)
+            store.upsert("ns", records(document))
+        return work
+
+    def drop(_):
+        store.drop_namespace("ns")
+
+    try:
+        threads = [threading.Thread(target=run, args=(w,)) for w in (ingest("a"), ingest("a"), ingest("b"), drop)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert not failures, failures[:3]
+        store.upsert("ns", records("a"))
+        assert store.count("ns", "a") == 40
+    finally:
+        store.close()
