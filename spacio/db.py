@@ -161,7 +161,15 @@ class FairQueue(sqla_queue.Queue):
                 raise sqla_queue.Empty()
             waiter = _Waiter()
             self.waiters.append(waiter)
-        waiter.event.wait(timeout)
+        try:
+            waiter.event.wait(timeout)
+        except BaseException:  # the waiting greenlet was killed (a timeout, a client gone)
+            with self.mutex:
+                if not waiter.event.is_set():
+                    self.waiters.remove(waiter)
+                    raise
+            self.put(waiter.item)  # handed one meanwhile: to the next in line, not lost
+            raise
         with self.mutex:
             if waiter.event.is_set():  # also when handed one just as the wait timed out
                 return waiter.item

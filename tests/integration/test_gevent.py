@@ -140,3 +140,36 @@ def test_waiting_requests_get_the_pool_s_connections_in_turn(database, tmp_path)
 
     assert measured["pool"] == "FairQueuePool"
     assert measured["served"] == [[i, 1] for i in range(TURNS)] + [[i, 2] for i in range(TURNS)]
+
+
+KILLED_SCRIPT = """
+from gevent import monkey
+monkey.patch_all()
+
+import json
+import gevent
+from spacio.db import FairQueue
+
+queue = FairQueue(1)
+queue.put("connection")
+held = queue.get(False)
+waiter = gevent.spawn(queue.get, True, 5)
+gevent.sleep(0.01)
+waiting = len(queue.waiters)
+waiter.kill()  # killed while it waits
+left = len(queue.waiters)
+queue.put(held)
+print(json.dumps({"waiting": waiting, "left": left, "back": queue.get(False), "killed": waiter.dead}))
+"""
+
+
+def test_a_greenlet_killed_while_it_waits_for_a_connection_leaves_the_line(database, tmp_path):
+    """gevent kills a greenlet by raising in it (a timeout, a client gone), also while it
+    waits for a pooled connection: it leaves the line, so the next connection given back
+    is not handed to a greenlet that is gone (tests/unit/test_fair_pool.py: one handed over
+    just before goes on to the next waiter)."""
+    result = subprocess.run([sys.executable, "-c", KILLED_SCRIPT], cwd=ROOT, env=worker_env(tmp_path),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {
+        "waiting": 1, "left": 0, "back": "connection", "killed": True}

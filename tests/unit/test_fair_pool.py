@@ -1,10 +1,13 @@
 """``spacio.db.FairQueue``: the PostgreSQL pool's queue serves waiting callers in order of
-arrival (tests/integration/test_gevent.py checks it through the app's own pool)."""
+arrival (tests/integration/test_gevent.py checks it through the app's own pool, and with
+greenlets killed while they wait)."""
 
 import threading
 import time
 
 import pytest
+
+import spacio.db
 from sqlalchemy.util.queue import Empty
 
 from spacio.db import FairQueue
@@ -64,7 +67,7 @@ def test_a_wait_that_times_out_leaves_the_line_and_raises_empty():
     started = time.monotonic()
     with pytest.raises(Empty):
         queue.get(True, 0.05)
-    assert time.monotonic() - started >= 0.05
+    assert time.monotonic() - started >= 0.04
     assert not queue.waiters
     queue.put(held)  # nobody waits: it goes back into the queue
     assert queue.qsize() == 1 and queue.get(False) == "connection"
@@ -78,3 +81,45 @@ def test_without_waiters_it_is_sqlalchemys_queue():
     assert [queue.get(False), queue.get(False)] == ["a", "b"]
     with pytest.raises(Empty):
         queue.get(False)
+
+
+
+def test_a_waiter_interrupted_as_it_is_handed_an_item_passes_it_on(monkeypatch):
+    """An exception raised in a waiter as it wakes (gevent kills a greenlet that way) after a
+    connection was handed to it: the connection goes on to the next waiter, not lost."""
+    queue, held = _taken_queue()
+
+    class Interrupted(threading.Event):
+        def wait(self, timeout=None):
+            super().wait(timeout)
+            raise KeyboardInterrupt  # stands in for gevent's GreenletExit
+
+    class FirstInterrupted(spacio.db._Waiter):
+        made = 0
+
+        def __init__(self):
+            super().__init__()
+            if FirstInterrupted.made == 0:
+                self.event = Interrupted()
+            FirstInterrupted.made += 1
+
+    monkeypatch.setattr(spacio.db, "_Waiter", FirstInterrupted)
+    outcomes = {}
+
+    def wait(name):
+        try:
+            outcomes[name] = queue.get(True, 5)
+        except BaseException as error:  # noqa: BLE001 - recorded
+            outcomes[name] = type(error).__name__
+
+    first = threading.Thread(target=wait, args=("first",))
+    first.start()
+    _until(lambda: len(queue.waiters) == 1)
+    second = threading.Thread(target=wait, args=("second",))
+    second.start()
+    _until(lambda: len(queue.waiters) == 2)
+    queue.put(held)
+    first.join(5)
+    second.join(5)
+    assert outcomes == {"first": "KeyboardInterrupt", "second": "connection"}
+    assert not queue.waiters and queue.qsize() == 0
