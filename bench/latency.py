@@ -142,7 +142,7 @@ def fresh_schema(env):
 
 
 @contextmanager
-def gunicorn(env, worker_connections=None, dramatiq_threads=0, log=None, config="gunicorn.conf.py"):
+def gunicorn(env, worker_connections=None, dramatiq_threads=0, log=None, config="gunicorn.conf.py", app="wsgi:app"):
     """The Procfile's web command with one gevent worker (and a dramatiq worker if asked)."""
     port = free_port()
     env = dict(env)
@@ -150,7 +150,7 @@ def gunicorn(env, worker_connections=None, dramatiq_threads=0, log=None, config=
         env["GUNICORN_WORKER_CONNECTIONS"] = str(worker_connections)
     out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115
     web = subprocess.Popen([BIN / "gunicorn", "-c", config, "-k", "gevent", "--workers", "1",
-                            "--bind", f"127.0.0.1:{port}", "wsgi:app"], cwd=ROOT, env=env,
+                            "--bind", f"127.0.0.1:{port}", app], cwd=ROOT, env=env,
                            stdout=out, stderr=subprocess.STDOUT)
     worker = None
     if dramatiq_threads:

@@ -15,7 +15,11 @@ Targets, same wrk settings (``--connections`` keep-alive connections, ``--durati
 - ``Spacio GET /health``: the app's request hooks, no auth, no database;
 - ``Spacio GET /api/v1/spaces?page_size=1``: every check and both queries, one row to load
   and serialise (the per-request cost without the per-row cost);
-- ``Spacio GET /api/v1/spaces``: the measured endpoint, ``--spaces`` rows (target >= 1000 req/s).
+- ``Spacio GET /api/v1/spaces``: the measured endpoint, ``--spaces`` rows (target >= 1000 req/s);
+- two ceilings of that endpoint (``bench/ceiling_app.py``: Spacio's app, which the server
+  serves here, with two extra routes answering the same page from memory): every check but
+  no page query, and neither checks nor query (the serialisation through the same schema
+  and pagination, the app's hooks, logging and metrics).
 
 Reported per target: req/s, latency p50/p90/p99 (wrk's ``--latency``), non-2xx responses,
 socket errors, and the worker's CPU ms per request (from /proc: the client shares the 2
@@ -58,6 +62,8 @@ from latency import fresh_schema, gunicorn, login, process_cpu_s, server_env  # 
 from stream import worker_pid  # noqa: E402
 
 RAISED = "1000000 per minute"
+CEILING_CHECKS = "ceiling: the checks, the page from memory"
+CEILING_SCHEMA = "ceiling: no checks, the page from memory"
 
 #: where a request's time goes: a sample counts for a phase when any frame of its stack
 #: matches (inclusive share). py-spy's frames read "Class.function (package/file.py:line)".
@@ -304,7 +310,7 @@ def main():
         report["targets"]["bare Flask GET /ping"] = run_wrk(args, port, "/ping", worker=worker)
 
     log = Path(env["SPACIO_INSTANCE_PATH"]) / "gunicorn.log"
-    with gunicorn(env, log=log) as (api, web):
+    with gunicorn(env, log=log, app="bench.ceiling_app:app") as (api, web):
         token = login(api)
         for i in range(args.spaces):
             status, space = api.call("POST", "/api/v1/spaces", {"name": f"Load {i}"})
@@ -318,9 +324,12 @@ def main():
             print("  note: GET /api/v1/spaces carries no X-RateLimit-* headers: no rate limit applies to it "
                   "(yet); the number below is without one", flush=True)
         auth = {"Authorization": f"Bearer {token}"}
+        assert probe(api.port, "/ceiling/checks", token)[2] == listed  # loads the page the ceilings serve
         for name, path, headers in (("Spacio GET /health", "/health", None),
                                     ("Spacio GET /api/v1/spaces?page_size=1", "/api/v1/spaces?page_size=1", auth),
-                                    ("Spacio GET /api/v1/spaces", "/api/v1/spaces", auth)):
+                                    ("Spacio GET /api/v1/spaces", "/api/v1/spaces", auth),
+                                    (CEILING_CHECKS, "/ceiling/checks", auth),
+                                    (CEILING_SCHEMA, "/ceiling/schema", None)):
             print(f"{name} ...", flush=True)
             run_wrk(args, api.port, path, headers, duration=args.warmup)
             report["targets"][name] = run_wrk(args, api.port, path, headers, worker=worker)
