@@ -20,7 +20,7 @@ import numpy as np
 from flask import current_app
 from sqlalchemy import delete, insert, select, update
 
-from spacio.concurrency import in_real_thread
+from spacio.concurrency import in_real_thread, plugin_runner
 from spacio.db import hold_owners, utcnow
 from spacio.documents.models import Chunk, Document, DocumentFile
 from spacio.errors import PluginFailed, SpacioError, Unavailable
@@ -93,8 +93,10 @@ def ingest(document_id, *, last_try=False):
                 metadata={"heading": c.heading, "page_end": c.page_end})
             for i, c in enumerate(chunks)
         ]
-        in_real_thread(_replace_vectors, reg.vector_store, namespace, int(reg.embedder.dimensions),
-                       str(document_id), records)
+        # on a real thread unless the store says cpu_bound = False (pgvector: its pool's queues
+        # belong to the gevent hub and break when a real thread uses them)
+        plugin_runner(reg.vector_store)(_replace_vectors, reg.vector_store, namespace, int(reg.embedder.dimensions),
+                                        str(document_id), records)
         _finish(document_id, space_id, namespace, chunks, tokens)
         log.info("ingested document %s: %d pages, %d chunks, %d tokens in %.1f s", document_id,
                  parsed.pages or 0, len(chunks), tokens, time.monotonic() - started)

@@ -173,3 +173,59 @@ def test_a_greenlet_killed_while_it_waits_for_a_connection_leaves_the_line(datab
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {
         "waiting": 1, "left": 0, "back": "connection", "killed": True}
+
+
+INPROCESS_SCRIPT = """
+from gevent import monkey
+monkey.patch_all()
+
+import io
+import json
+import time
+import gevent
+
+from wsgi import app  # PostgreSQL + pgvector, no Redis: the in-process ingestion worker
+
+client = app.test_client()
+password = "lavender-Orbit-73-quietly"
+client.post("/api/v1/auth/register", json={"email": "a@example.com", "name": "A", "password": password})
+token = client.post("/api/v1/auth/login", json={"email": "a@example.com", "password": password}).get_json()
+headers = {"Authorization": "Bearer " + token["access_token"]}
+space = client.post("/api/v1/spaces", json={"name": "S"}, headers=headers).get_json()["id"]
+files = [(io.BytesIO(f"Mitochondria make ATP, part {i}. Chloroplasts make sugar.".encode()), f"{i}.txt")
+         for i in range(8)]
+upload = client.post(f"/api/v1/spaces/{space}/documents", headers=headers, content_type="multipart/form-data",
+                     data={"files": files}).get_json()
+ids = [d["id"] for d in upload["documents"]]
+
+
+def search():
+    response = client.post(f"/api/v1/spaces/{space}/search", json={"query": "who makes ATP?"}, headers=headers)
+    return response.status_code
+
+
+statuses = []
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:  # searches at once, while the documents are ingested
+    statuses += [job.get() for job in [gevent.spawn(search) for _ in range(6)]]
+    listed = client.get(f"/api/v1/spaces/{space}/documents?page_size=50", headers=headers).get_json()
+    if all(d["status"] in ("ready", "failed") for d in listed):
+        break
+status = sorted({d["status"] for d in listed})
+
+statuses += [job.get() for job in [gevent.spawn(search) for _ in range(12)]]
+print(json.dumps({"status": status, "searches": sorted(set(statuses))}))
+"""
+
+
+def test_in_process_ingestion_into_pgvector_then_searches_at_once(database, tmp_path):
+    """PostgreSQL without Redis: the web process ingests on its own worker greenlets while
+    searches run. The pgvector store is used from greenlets only: its pool's queues belong
+    to the hub, and writing the vectors from one of gevent's real threads broke them (this
+    test hung; bench/quality.py's searches failed with 502 AttributeError)."""
+    env = worker_env(tmp_path, VECTOR_STORE="pgvector", EMBEDDER="hashing", REDIS_URL="")
+    result = subprocess.run([sys.executable, "-c", INPROCESS_SCRIPT], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    assert measured == {"status": ["ready"], "searches": [200]}, result.stderr[-3000:]
