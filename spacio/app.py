@@ -12,6 +12,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from spacio import config as config_module
 from spacio import errors, jobs, logs, mail, metrics, rag
+from spacio.jsonbody import JSONProvider
 from spacio.db import FairQueuePool, check_connections_on_checkout
 from spacio.documents.uploads import UploadRequest
 from spacio.extensions import api, cors, db, jwt, limiter, migrate
@@ -30,7 +31,8 @@ def create_app(config=None, **overrides):
     if app.config["PROXY_FIX_X_FOR"]:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=app.config["PROXY_FIX_X_FOR"], x_proto=1)
 
-    app.request_class = UploadRequest  # per-file upload limit while the body streams in
+    app.request_class = UploadRequest  # bodies within their limits; per-file upload limit while it streams in
+    app.json = JSONProvider(app)  # request.get_json() with spacio.jsonbody's limits
     _init_database(app)
     _init_tokens(app)
     _init_retry_after(app)  # before the limiter: its hook must run after the limiter's

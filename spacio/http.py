@@ -7,11 +7,12 @@ from http import HTTPStatus
 import flask_smorest
 import marshmallow as ma
 from flask import current_app, g, request
-from webargs.flaskparser import FlaskParser
+from webargs import core as webargs_core
+from webargs.flaskparser import FlaskParser, is_json_request
 from flask_jwt_extended import jwt_required
 from sqlalchemy import func, select
 
-from spacio import errors
+from spacio import errors, jsonbody
 from spacio.auth import principal
 
 
@@ -41,6 +42,18 @@ def _is_json(mimetype):
     return mimetype == "application/json" or mimetype.endswith("+json")
 
 
+class _JSONParser(FlaskParser):
+    """webargs' parser reading bodies with ``spacio.jsonbody.loads``: a body too deep, with a
+    number too long, or not JSON at all is 400 ``invalid_json`` saying why. An empty body is
+    no body, as in webargs."""
+
+    def _raw_load_json(self, req):
+        if not is_json_request(req):
+            return webargs_core.missing
+        data = req.get_data(cache=True)
+        return jsonbody.loads(data) if data else webargs_core.missing
+
+
 class _PaginationParser(FlaskParser):
     """smorest hands webargs its pagination schema as a class, so webargs built a new schema
     (a deep copy of its fields) for every paginated request: one instance per class instead."""
@@ -59,6 +72,7 @@ class _PaginationParser(FlaskParser):
 
 
 class Blueprint(flask_smorest.Blueprint):
+    ARGUMENTS_PARSER = _JSONParser()
     DEFAULT_PAGINATION_PARAMETERS = {"page": 1, "page_size": 50, "max_page_size": 200}
     PAGINATION_ARGUMENTS_PARSER = _PaginationParser()
 

@@ -14,7 +14,9 @@ import re
 import tempfile
 import unicodedata
 
-from flask import Request, current_app
+from flask import current_app
+
+from spacio.requests import Request
 
 MIB = 1024 * 1024
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")

@@ -1,0 +1,87 @@
+"""Request bodies a careless or hostile client sends: every endpoint that reads JSON answers
+them with the one error body, never a 500, and the rate limits count them like any request."""
+
+import io
+import json
+import re
+import uuid
+
+import pytest
+from tests.conftest import STRONG_PASSWORD, assert_error
+
+LOGIN = "/api/v1/auth/login"
+DEEP = "[" * 2000 + "]" * 2000  # a RecursionError in Python's json module
+LONG_INT = "9" * 5000  # a ValueError of Python's int conversion limit (4,300 digits)
+HOSTILE = {"nested 2,000 deep": '{"email": %s, "password": "x"}' % DEEP,
+           "a 5,000-digit integer": '{"email": "a@example.com", "password": %s}' % LONG_INT,
+           "nested 33 deep": '{"email": %s}' % ("[" * 32 + "]" * 32),
+           "not UTF-8": b'{"email": "\xff\xfe"}'}
+
+
+def json_operations(client):
+    """(method, path template) of every operation the spec says takes a JSON body."""
+    spec = client.get("/api/v1/openapi.json").json
+    return sorted((method.upper(), path) for path, item in spec["paths"].items() for method, op in item.items()
+                  if method in {"post", "put", "patch", "delete"}
+                  and "application/json" in (op.get("requestBody") or {}).get("content", {}))
+
+
+def test_every_json_endpoint_answers_hostile_bodies_with_400(client):
+    owner = client.user("alice@example.com")
+    space = client.space(owner)
+    operations = json_operations(client)
+    assert ("POST", LOGIN) in operations and ("PATCH", "/api/v1/spaces/{space_id}") in operations
+    assert len(operations) >= 15, operations
+    for method, template in operations:
+        path = re.sub(r"\{(\w+)\}", lambda m: space["id"] if m[1] == "space_id" else str(uuid.uuid4()), template)
+        for what, body in HOSTILE.items():
+            response = client.open(path, method=method, data=body, content_type="application/json",
+                                   headers=owner.headers)
+            assert_error(response, 400, "invalid_json")
+            assert response.json["message"] != "The request body is not valid JSON.", (method, template, what)
+
+
+def test_a_body_within_the_limits_still_parses(client):
+    client.register("alice@example.com")
+    nested = '{"email": "alice@example.com", "password": "%s"}' % STRONG_PASSWORD
+    assert client.post(LOGIN, data=nested, content_type="application/json").status_code == 200
+    # 32 levels (the object and 31 arrays) and a 1,000-digit integer: the schema answers them
+    body = '{"email": %s, "password": %s}' % ("[" * 31 + "]" * 31, "9" * 1000)
+    assert set(assert_error(client.post(LOGIN, data=body, content_type="application/json"), 422,
+                            "validation_error")["errors"]) == {"email", "password"}
+
+
+def test_a_body_that_is_not_json_says_where(client):
+    body = assert_error(client.post(LOGIN, data='{"email": ', content_type="application/json"), 400, "invalid_json")
+    assert "line 1, column 11" in body["message"], body
+
+
+@pytest.mark.parametrize("what", ["nested 2,000 deep", "a 5,000-digit integer"])
+def test_hostile_logins_count_against_the_login_limit(make_app, what):
+    client = make_app(LOGIN_RATE_LIMIT="3 per minute").test_client()
+    statuses = [client.post(LOGIN, data=HOSTILE[what], content_type="application/json").status_code
+                for _ in range(5)]
+    assert statuses == [400, 400, 400, 429, 429]
+
+
+
+
+def chunked(client, path, body):
+    """POST ``body`` as a chunked stream: no Content-Length (gunicorn terminates it)."""
+    return client.post(path, input_stream=io.BytesIO(body), content_type="application/json",
+                       headers={"Transfer-Encoding": "chunked"}, environ_overrides={"wsgi.input_terminated": True})
+
+
+def test_a_chunked_json_body_over_the_limit_is_413_like_a_declared_one(app):
+    client = app.test_client()
+    limit = app.config["JSON_MAX_BYTES"]
+    body = json.dumps({"email": "a@example.com", "password": "x" * limit, "name": "A"}).encode()
+    assert_error(client.post("/api/v1/auth/register", data=body, content_type="application/json"), 413)
+    assert_error(chunked(client, "/api/v1/auth/register", body), 413, "payload_too_large")
+    # exactly at the limit: read whole, then judged by the schema
+    body = b'{"email": "a@example.com", "name": "A", "password": "' + b"x" * limit
+    body = body[: limit - 2] + b'"}'
+    assert len(body) == limit
+    response = chunked(client, "/api/v1/auth/register", body)
+    assert "password" in assert_error(response, 422, "validation_error")["errors"]
+
