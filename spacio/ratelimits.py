@@ -15,10 +15,12 @@ reaches flask-limiter as before, which falls back to its in-process storage (an 
 moving window) and comes back to Redis when it answers again.
 """
 
+import functools
+import logging
 import time
 
 import flask_limiter
-from flask import g, has_request_context
+from flask import g, has_request_context, request
 from limits import WindowStats
 from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
@@ -92,8 +94,37 @@ class RedisMovingWindow(MovingWindowRateLimiter):
         return window if window is not None else super().get_window_stats(item, *identifiers)
 
 
+log = logging.getLogger(__name__)
+
+
+def counted_anyway(key_func):
+    """A key function that cannot fail. flask-limiter reads any exception raised while it
+    evaluates a limit as its storage being down: it switched to in-memory counts (a second,
+    empty budget) and skipped the request. A client could then double the login limit by
+    sending a body the key function could not read. A key that cannot be computed is the
+    client's address, so the request is still counted."""
+
+    @functools.wraps(key_func)
+    def key():
+        try:
+            return key_func()
+        except Exception as error:  # noqa: BLE001 - whatever it is, the request is counted
+            log.warning("rate-limit key %s failed (%s); counting by address", key_func.__name__,
+                        error.__class__.__name__)
+            return f"{key_func.__name__}-failed:{request.remote_addr or 'unknown'}"
+
+    return key
+
+
 class Limiter(flask_limiter.Limiter):
-    """flask-limiter's Limiter; a moving window on Redis uses ``RedisMovingWindow``."""
+    """flask-limiter's Limiter; a moving window on Redis uses ``RedisMovingWindow``, and key
+    functions never fail (``counted_anyway``)."""
+
+    def limit(self, limit_value, *, key_func=None, **kwargs):
+        return super().limit(limit_value, key_func=key_func and counted_anyway(key_func), **kwargs)
+
+    def shared_limit(self, limit_value, scope, *, key_func=None, **kwargs):
+        return super().shared_limit(limit_value, scope, key_func=key_func and counted_anyway(key_func), **kwargs)
 
     def init_app(self, app):
         super().init_app(app)

@@ -1,6 +1,7 @@
 from flask import request
 from flask.views import MethodView
 from flask_jwt_extended import current_user, get_jwt
+from werkzeug.exceptions import HTTPException
 
 from spacio.auth import schemas, services
 from spacio.http import Blueprint, client_address
@@ -10,10 +11,16 @@ blp = Blueprint("auth", __name__, url_prefix="/api/v1/auth", description="Accoun
 
 def email_in_body():
     """Rate-limit key: the email a login or reset is for (brute force against one account
-    from many addresses is limited too)."""
-    body = request.get_json(silent=True)
+    from many addresses is limited too). A body with no email to read (not JSON, too large)
+    counts against its address."""
+    try:
+        body = request.get_json(silent=True)
+    except HTTPException:  # 413, or the client went away: the view answers it
+        body = None
     email = body.get("email") if isinstance(body, dict) else None
-    return "email:" + (email.strip().lower() if isinstance(email, str) else "")
+    if not isinstance(email, str) or not email.strip():
+        return "no-email:" + client_address()
+    return "email:" + email.strip().lower()
 
 
 @blp.route("/register")

@@ -7,7 +7,10 @@ import re
 import uuid
 
 import pytest
-from tests.conftest import STRONG_PASSWORD, assert_error
+from flask import Blueprint
+
+from spacio.extensions import limiter
+from tests.conftest import STRONG_PASSWORD, ApiClient, assert_error
 
 LOGIN = "/api/v1/auth/login"
 DEEP = "[" * 2000 + "]" * 2000  # a RecursionError in Python's json module
@@ -64,6 +67,47 @@ def test_hostile_logins_count_against_the_login_limit(make_app, what):
     assert statuses == [400, 400, 400, 429, 429]
 
 
+def test_a_body_too_large_for_the_key_function_does_not_reopen_the_login_limit(make_app):
+    """The per-email limit holds across addresses, whatever the client sends in between:
+    a body over the JSON limit (413) made the email key function raise, and flask-limiter
+    took that for its storage failing: it switched to fresh in-memory counts."""
+    app = make_app(LOGIN_RATE_LIMIT="3 per minute")
+    client = ApiClient(app.test_client())
+    client.register("alice@example.com")
+    oversized = json.dumps({"email": "alice@example.com", "password": "x" * (app.config["JSON_MAX_BYTES"] + 1)})
+    for n in range(3):
+        address = {"REMOTE_ADDR": f"10.0.0.{n + 1}"}
+        wrong = client.post(LOGIN, json={"email": "alice@example.com", "password": "not-the-Password-42"},
+                            environ_base=address)
+        assert_error(wrong, 401, "invalid_credentials")
+        assert_error(client.post(LOGIN, data=oversized, content_type="application/json",
+                                 environ_base={"REMOTE_ADDR": f"10.0.1.{n + 1}"}), 413)
+    right = client.post(LOGIN, json={"email": "alice@example.com", "password": STRONG_PASSWORD},
+                        environ_base={"REMOTE_ADDR": "10.0.9.9"})
+    assert_error(right, 429, "rate_limited")
+
+
+def test_a_key_function_that_fails_still_counts_the_request(make_app):
+    """Any error inside a key function: the request is counted (by its address), and the
+    limiter does not fall back to a second, empty storage."""
+    app = make_app()
+    probe = Blueprint("probe", __name__)
+
+    def broken_key():
+        raise RuntimeError("cannot tell")
+
+    def limited():
+        return {"ok": True}
+
+    # the limiter is a module singleton that keeps decorated limits by the view's name
+    limited.__name__ = limited.__qualname__ = f"limited_{uuid.uuid4().hex}"
+    probe.route("/api/v1/probe")(limiter.limit("2 per minute", key_func=broken_key)(limited))
+    app.register_blueprint(probe)
+    client = app.test_client()
+    assert [client.get("/api/v1/probe").status_code for _ in range(3)] == [200, 200, 429]
+    assert [client.get("/api/v1/probe", environ_base={"REMOTE_ADDR": "10.0.0.7"}).status_code
+            for _ in range(3)] == [200, 200, 429]
+    assert not limiter._storage_dead
 
 
 def chunked(client, path, body):

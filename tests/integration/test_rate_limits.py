@@ -5,6 +5,7 @@ import io
 import pytest
 import redis
 
+from spacio.extensions import limiter
 from tests.conftest import ApiClient, assert_error, redis_url
 
 
@@ -41,6 +42,21 @@ def test_one_account_is_protected_across_client_addresses(redis_limited):
         assert attempt(client, address=f"10.0.1.{n}").status_code == 401
     assert_error(attempt(client, address="10.0.1.99"), 429, "rate_limited")
     assert attempt(client, address="10.0.1.99", email="someone-else@example.com").status_code == 401
+
+
+def test_bodies_the_key_function_cannot_read_do_not_reopen_the_limit(redis_limited):
+    """Wrong passwords for one account, interleaved with bodies over the JSON limit (413) and
+    too deep to parse (400): the 4th password is refused; the storage stays Redis."""
+    client = redis_limited(LOGIN_RATE_LIMIT="3 per minute")
+    oversized = '{"email": "victim@example.com", "password": "%s"}' % ("x" * (1024 * 1024))
+    deep = '{"email": %s}' % ("[" * 2000 + "]" * 2000)
+    for n in range(3):
+        assert attempt(client, address=f"10.0.2.{n}").status_code == 401
+        for body in (oversized, deep):
+            assert client.post("/api/v1/auth/login", data=body, content_type="application/json",
+                               environ_base={"REMOTE_ADDR": f"10.0.3.{n}"}).status_code in (400, 413)
+    assert_error(attempt(client, address="10.0.2.99"), 429, "rate_limited")
+    assert not limiter._storage_dead
 
 
 def test_redis_down_falls_back_to_in_process_limits(make_app, unused_port):
