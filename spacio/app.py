@@ -13,6 +13,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from spacio import config as config_module
 from spacio import errors, jobs, logs, mail, metrics, rag
 from spacio.jsonbody import JSONProvider
+from spacio.tokens import normalize_bearer_scheme
 from spacio.db import FairQueuePool, check_connections_on_checkout
 from spacio.documents.uploads import UploadRequest
 from spacio.extensions import api, cors, db, jwt, limiter, migrate
@@ -176,6 +177,7 @@ def _init_request_hooks(app):
         rid = request.headers.get("X-Request-ID", "")
         g.request_id = rid if _REQUEST_ID.match(rid) else uuid.uuid4().hex
         logs.request_started()
+        normalize_bearer_scheme(request.environ)
         if request.mimetype != "multipart/form-data":
             request.max_content_length = json_max  # only uploads may be large
 

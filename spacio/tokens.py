@@ -10,6 +10,7 @@ changes with time, the expiry, on every request; revocation is the session looku
 verification is not remembered, so it fails every time.
 """
 
+import re
 import threading
 import time
 
@@ -18,6 +19,16 @@ from flask_jwt_extended.config import config
 
 
 REMEMBERED_TOKENS = 4096
+_BEARER = re.compile(r"^\s*bearer(?=\s)", re.IGNORECASE)
+
+
+def normalize_bearer_scheme(environ):
+    """HTTP's authentication schemes are case-insensitive (RFC 9110, 11.1): ``bearer <token>``
+    is ``Bearer <token>``. flask-jwt-extended compares the scheme exactly and answered 401,
+    so the header is rewritten in the WSGI environ before it reads it."""
+    header = environ.get("HTTP_AUTHORIZATION")
+    if header and not header.startswith("Bearer "):
+        environ["HTTP_AUTHORIZATION"] = _BEARER.sub("Bearer", header, count=1)
 
 
 class JWTManager(flask_jwt_extended.JWTManager):

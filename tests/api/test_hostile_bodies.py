@@ -129,3 +129,12 @@ def test_a_chunked_json_body_over_the_limit_is_413_like_a_declared_one(app):
     response = chunked(client, "/api/v1/auth/register", body)
     assert "password" in assert_error(response, 422, "validation_error")["errors"]
 
+
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "BeArEr"])
+def test_the_bearer_scheme_is_case_insensitive(client, scheme):
+    alice = client.user("alice@example.com")
+    token = alice.headers["Authorization"].split()[1]
+    response = client.get("/api/v1/auth/me", headers={"Authorization": f"{scheme} {token}"})
+    assert response.status_code == 200, response.json
+    assert response.json["email"] == "alice@example.com"
+    assert_error(client.get("/api/v1/auth/me", headers={"Authorization": f"{scheme} not.a.token"}), 401, "token_invalid")
