@@ -38,7 +38,8 @@ def current_request_id():
 
 
 def set_job_request_id(request_id):
-    """The request id of the job this thread is running now (None when it is done)."""
+    """The request id of the job this thread is running now (None when it is done), or of a
+    request gunicorn refused before the app saw it (gunicorn.conf.py)."""
     _job_request_id.set(request_id or None)
 
 

@@ -186,15 +186,21 @@ def test_the_procfile_has_web_worker_and_release():
 def test_gunicorn_conf_reads_its_settings_from_the_environment(monkeypatch):
     import runpy
 
+    from gunicorn.workers.ggevent import GeventWorker
+
     for name, value in {"PORT": "9123", "WEB_CONCURRENCY": "3", "GUNICORN_WORKER_CONNECTIONS": "77",
                         "GUNICORN_TIMEOUT": "11", "GUNICORN_GRACEFUL_TIMEOUT": "12", "GUNICORN_KEEPALIVE": "2",
+                        "GUNICORN_LIMIT_REQUEST_LINE": "2048", "GUNICORN_LIMIT_REQUEST_FIELDS": "50",
+                        "GUNICORN_LIMIT_REQUEST_FIELD_SIZE": "4096",
                         "SPACIO_SQLALCHEMY_DATABASE_URI": "postgresql://x/y", "GUNICORN_BIND": ""}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/nonexistent-metrics-dir")  # not created at import
     conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
-    assert conf["worker_class"] == "gevent"
+    assert issubclass(conf["worker_class"], GeventWorker)
     assert (conf["bind"], conf["workers"], conf["worker_connections"]) == ("0.0.0.0:9123", 3, 77)
     assert (conf["timeout"], conf["graceful_timeout"], conf["keepalive"]) == (11, 12, 2)
+    assert (conf["limit_request_line"], conf["limit_request_fields"], conf["limit_request_field_size"]) == (
+        2048, 50, 4096)
     monkeypatch.setenv("SPACIO_SQLALCHEMY_DATABASE_URI", "")
     assert runpy.run_path(str(ROOT / "gunicorn.conf.py"))["workers"] == 1  # embedded SQLite: one process
 

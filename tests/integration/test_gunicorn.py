@@ -1,11 +1,15 @@
 """The Procfile's web command, gunicorn with a gevent worker, on PostgreSQL + pgvector + Redis."""
 
+import json
+import re
+import socket
 import uuid
+from http import HTTPStatus
 
 import pytest
 
 from tests.conftest import STRONG_PASSWORD
-from tests.integration.workers import Web, flush_redis, worker_env
+from tests.integration.workers import Web, flush_redis, wait_for, worker_env
 
 pytestmark = pytest.mark.parametrize("database", ["postgres"], indirect=True)
 
@@ -33,3 +37,111 @@ def test_a_worker_that_used_pgvector_shuts_down_without_a_traceback(database, tm
     assert web.process.returncode == 0, output
     assert "Worker exiting" in output, output
     assert "Traceback" not in output and "Exception ignored" not in output, output
+
+
+# --------------------------------------------------------------------------- requests gunicorn refuses
+
+@pytest.fixture(scope="module")
+def web(database, tmp_path_factory):
+    """One gunicorn for the raw requests below (none of them changes any state)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    flush_redis()
+    web = Web(worker_env(tmp_path_factory.mktemp("instance")), port)
+    try:
+        web.wait_up()
+        yield web
+    finally:
+        web.stop()
+
+
+def raw(web, request):
+    """Send ``request`` as bytes on a fresh connection; (status, headers, body bytes) of the answer."""
+    with socket.create_connection(("127.0.0.1", web.port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < _length(answer):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    assert answer, "no answer:\n" + web.output()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+def _length(answer):
+    for line in answer.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return int(line.split(b":", 1)[1])
+    return 1 << 30  # read to the end
+
+
+def request(line=b"GET /health HTTP/1.1", headers=()):
+    return line + b"\r\n" + b"".join(h + b"\r\n" for h in (b"Host: localhost", *headers)) + b"\r\n"
+
+
+# gunicorn.conf.py's limits (README: GUNICORN_LIMIT_REQUEST_LINE, _FIELDS, _FIELD_SIZE)
+LINE, FIELDS, FIELD_SIZE = 4094, 100, 8190
+
+
+def line_of(size):
+    """A GET /health request line of ``size`` bytes (without its CRLF)."""
+    return b"GET /health?q=" + b"a" * (size - len(b"GET /health?q= HTTP/1.1")) + b" HTTP/1.1"
+
+
+def field_of(size):
+    """A header field of ``size`` bytes with its CRLF, as gunicorn counts it."""
+    return b"X-Big: " + b"a" * (size - len(b"X-Big: \r\n"))
+
+
+def fields(count, *first):
+    """``count`` header fields with Host (added by ``request``)."""
+    return [*first, *(b"X-N%d: 1" % i for i in range(count - 1 - len(first)))]
+
+
+REFUSED = {
+    "uri too long": (request(line_of(LINE + 1)), 414, "uri_too_long"),
+    "too many headers": (request(headers=fields(FIELDS + 1)), 431, "headers_too_large"),
+    "header too large": (request(headers=[field_of(FIELD_SIZE + 1)]), 431, "headers_too_large"),
+    "garbage request line": (b"\x16\x03\x01 garbage\r\n\r\n", 400, "bad_request"),
+    "no path": (request(b"GET HTTP/1.1"), 400, "bad_request"),
+    "invalid method": (request(b"G(T / HTTP/1.1"), 400, "bad_request"),
+    "invalid http version": (request(b"GET /health HTTP/9.x"), 400, "bad_request"),
+    "invalid header name": (request(headers=[b"Bad Header: x"]), 400, "bad_request"),
+    "invalid header value": (request(headers=[b"X-Bad: a\x00b"]), 400, "bad_request"),
+    "unsupported transfer coding": (request(b"POST /api/v1/auth/login HTTP/1.1", [b"Transfer-Encoding: br"]),
+                                    501, "unsupported_transfer_coding"),
+    "unknown expectation": (request(b"POST /api/v1/auth/login HTTP/1.1", [b"Expect: 200-ok", b"Content-Length: 2"]),
+                            417, "expectation_failed"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED)
+def test_a_request_gunicorn_refuses_answers_the_one_error_body(web, case):
+    """Errors raised before the app sees the request (gunicorn's parser and limits) answer the
+    app's one JSON error body too, with a fresh X-Request-ID that gunicorn's log line names;
+    gunicorn's own answer was an HTML page."""
+    data, code, reason = REFUSED[case]
+    status, headers, body = raw(web, data)
+    assert status == code, body
+    assert headers["content-type"] == "application/json", (headers, body)
+    error = json.loads(body)
+    assert set(error) == {"code", "status", "message", "reason", "errors"}, error
+    assert (error["code"], error["status"], error["reason"], error["errors"]) == (
+        code, HTTPStatus(code).phrase, reason, {}), error
+    assert error["message"] and "<" not in error["message"]
+    assert re.fullmatch(r"[0-9a-f]{32}", headers["x-request-id"]), headers
+    wait_for(lambda: headers["x-request-id"] in web.output(), 10, what="the log line naming the request id")
+
+
+def test_a_request_at_gunicorns_limits_reaches_the_app(web):
+    """One byte or field more than the above: the app answers (and keeps the client's X-Request-ID)."""
+    at = request(line_of(LINE), fields(FIELDS, b"X-Request-ID: at-the-limits", field_of(FIELD_SIZE)))
+    status, headers, body = raw(web, at)
+    assert status == 200, body
+    assert json.loads(body) == {"status": "ok"}
+    assert headers["x-request-id"] == "at-the-limits"
