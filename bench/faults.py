@@ -621,7 +621,7 @@ def main():
     redis.Redis.from_url(redis_url).flushdb()
     report = {"benchmark": "faults", "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
               "load_average_start": [round(x, 2) for x in os.getloadavg()],
-              "setup": {"web": "gunicorn -c gunicorn.conf.py -k gevent --workers 1",
+              "setup": {"web": "gunicorn -c gunicorn.conf.py --workers 1",
                         "worker": "dramatiq tasks --processes P --threads T (the Procfile's)",
                         "embedder": f"hashing, {args.delay_ms} ms per batch of 4", "documents": args.docs},
               "scenarios": {}}

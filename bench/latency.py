@@ -20,7 +20,7 @@ Setup (PostgreSQL + pgvector and Redis, as production runs it):
    real corpus (``--filler-texts ingested`` perturbs the space's own ~600 chunks instead:
    every word ~170x as frequent, the pessimistic case for keyword search). Each filler row
    belongs to the document of its vector's chunk, so hits resolve to real documents.
-3. A fresh ``gunicorn -c gunicorn.conf.py -k gevent --workers 1`` (the Procfile's web
+3. A fresh ``gunicorn -c gunicorn.conf.py --workers 1`` (the Procfile's web
    command with one worker) serves the measurements.
 
 Measured, per mode (hybrid, vector, keyword), with real SciFact test claims as queries and
@@ -150,7 +150,8 @@ def gunicorn(env, worker_connections=None, dramatiq_threads=0, log=None, config=
     if worker_connections:
         env["GUNICORN_WORKER_CONNECTIONS"] = str(worker_connections)
     out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115
-    web = subprocess.Popen([BIN / "gunicorn", "-c", config, "-k", "gevent", "--workers", "1",
+    # the worker class is the config's (the Procfile's: gevent, answering gunicorn's own errors as JSON)
+    web = subprocess.Popen([BIN / "gunicorn", "-c", config, "--workers", "1",
                             "--bind", f"127.0.0.1:{port}", app], cwd=ROOT, env=env,
                            stdout=out, stderr=subprocess.STDOUT)
     worker = None
@@ -548,7 +549,7 @@ def main():
     env = server_env(database_url, redis_url)
     report = {"benchmark": "latency", "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
               "load_average": {"start": [round(x, 2) for x in os.getloadavg()]},
-              "setup": {"server": "gunicorn -c gunicorn.conf.py -k gevent --workers 1 (Procfile web command)",
+              "setup": {"server": "gunicorn -c gunicorn.conf.py --workers 1 (Procfile web command)",
                         "database": "PostgreSQL + pgvector (tests/services.sh), Redis",
                         "vector_store": "pgvector (defaults: HNSW m=16, ef_construction=64, ef_search=200)",
                         "embedder": "local (all-MiniLM-L6-v2 int8 onnx)", "top_k": 10,

@@ -1,7 +1,7 @@
 """N concurrent SSE chats against ONE gunicorn gevent worker, with a paced generator.
 
 The server is the Procfile's web command with one worker (``gunicorn -c gunicorn.conf.py
--k gevent --workers 1``), ``SPACIO_GENERATOR=paced``: every answer is ``--tokens`` pieces at
+--workers 1``), ``SPACIO_GENERATOR=paced``: every answer is ``--tokens`` pieces at
 ``--rate`` pieces a second (40 at 20/s: 2 s of streaming, like a remote LLM), so the server
 holds N streams open at once while it retrieves for the newcomers. The space holds
 ``--docs`` SciFact abstracts uploaded through the API; the questions are the SciFact test
@@ -435,7 +435,7 @@ def main():
     claims = answerable(docs)
     report = {"benchmark": "stream", "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
               "load_average_start": [round(x, 2) for x in os.getloadavg()],
-              "setup": {"server": "gunicorn -c gunicorn.conf.py -k gevent --workers 1",
+              "setup": {"server": "gunicorn -c gunicorn.conf.py --workers 1",
                         "generator": f"paced: {args.tokens} pieces at {args.rate}/s", "endpoint": args.endpoint,
                         "documents": len(docs), "client": "asyncio raw sockets, one connection per request, "
                         + (f"N started evenly over {args.ramp} s" if args.ramp else "all N started at once"),
