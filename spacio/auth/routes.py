@@ -15,7 +15,7 @@ def email_in_body():
     counts against its address."""
     try:
         body = request.get_json(silent=True)
-    except HTTPException:  # 413, or the client went away: the view answers it
+    except HTTPException:  # 413, a broken body, the client went away: the view answers it
         body = None
     email = body.get("email") if isinstance(body, dict) else None
     if not isinstance(email, str) or not email.strip():

@@ -145,3 +145,25 @@ def test_a_request_at_gunicorns_limits_reaches_the_app(web):
     assert status == 200, body
     assert json.loads(body) == {"status": "ok"}
     assert headers["x-request-id"] == "at-the-limits"
+
+
+CHUNKED_LOGIN = request(b"POST /api/v1/auth/login HTTP/1.1", [b"Content-Type: application/json",
+                                                               b"Transfer-Encoding: chunked", b"Connection: close"])
+LOGIN_BODY = b'{"email": "nobody@example.com", "password": "not-the-Password-42"}'
+
+
+@pytest.mark.parametrize("framing", [
+    b"zz\r\n" + LOGIN_BODY + b"\r\n0\r\n\r\n",  # a chunk size that is not hex
+    b"%x\r\n" % len(LOGIN_BODY) + LOGIN_BODY + b"XX0\r\n\r\n",  # a chunk without its CRLF
+], ids=["chunk size", "chunk terminator"])
+def test_a_broken_chunked_body_is_400_malformed_body(web, framing):
+    """gunicorn raises its own exception for a broken chunked framing while the app reads the
+    body: it escaped the login limit's key function, and the next read found no body at all
+    (422 "missing data"), or the chunk read before the break."""
+    status, headers, body = raw(web, CHUNKED_LOGIN + framing)
+    assert status == 400, body
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body)["reason"] == "malformed_body", body
+    # the same body, framed right, reaches the login
+    status, _, body = raw(web, CHUNKED_LOGIN + b"%x\r\n" % len(LOGIN_BODY) + LOGIN_BODY + b"\r\n0\r\n\r\n")
+    assert (status, json.loads(body)["reason"]) == (401, "invalid_credentials"), body
