@@ -178,7 +178,12 @@ class Embeddings:
 @runtime_checkable
 class Embedder(Protocol):
     """``spacio.embedders``. ``model`` and ``dimensions`` are recorded on every space, so a
-    different model is never mixed into a space's vectors."""
+    different model is never mixed into a space's vectors.
+
+    Optional: ``grounded_min_similarity`` (float), the cosine similarity of a question to a
+    passage below which this model's passages do not answer it (``grounded: false``);
+    ``bench/quality.py --calibrate`` measures it for a model. Without it the host's
+    ``SPACIO_GROUNDED_MIN_SIMILARITY`` applies."""
 
     model: str
     dimensions: int
@@ -222,7 +227,11 @@ class VectorStore(Protocol):
     ``search`` with ``vector`` ranks by cosine similarity, with ``text`` by keyword
     relevance, with both by the store's hybrid ranking. It returns ``limit`` hits whenever
     the namespace holds that many matching records, however large the other namespaces
-    are. ``upsert`` replaces records with the same id, so writing twice leaves one copy."""
+    are. ``upsert`` replaces records with the same id, so writing twice leaves one copy.
+
+    A store without keyword search sets the class attribute ``keyword_search = False``: it is
+    then never given ``text``, and the host answers hybrid and keyword searches from its
+    vectors alone, saying so in each hit's ``mode``."""
 
     def ensure_namespace(self, namespace: str, dimensions: int) -> None: ...
 
@@ -270,6 +279,7 @@ class Prompt:
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    estimated: bool = False  # counted by the plugin (e.g. its tokenizer), not reported by the service
 
 
 @runtime_checkable
