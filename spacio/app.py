@@ -135,6 +135,9 @@ def _migrations_dir():
 def _init_tokens(app):
     from spacio.auth.services import session_user
 
+    # tokens are read from the Authorization header only, never a cookie: no CSRF claim (the
+    # library's default adds a random one, and a replayed refresh re-mints its pair identically)
+    app.config["JWT_COOKIE_CSRF_PROTECT"] = False
     jwt.init_app(app)
     errors.init_jwt_errors(jwt)
 

@@ -29,6 +29,9 @@ class Defaults:
     JWT_SECRET_KEY = None  # embedded default: generated once into instance/jwt-secret
     JWT_ACCESS_TOKEN_EXPIRES = 15 * 60  # seconds
     JWT_REFRESH_TOKEN_EXPIRES = 30 * 24 * 3600
+    # a spent refresh token presented again this soon after its rotation (a second tab, a retry
+    # whose answer was lost) gets the pair that rotation issued; later, it revokes the session
+    JWT_REFRESH_REUSE_GRACE_S = 20
     PASSWORD_RESET_EXPIRES_MINUTES = 60
     INVITE_EXPIRES_HOURS = 72
 

@@ -25,7 +25,10 @@ class AuthSession(db.Model):
     """One login. Access and refresh tokens carry its id (``sid``); revoking it ends both.
 
     ``refresh_jti`` is the only refresh token that may be used next: refreshing rotates
-    it, and presenting an older one (a stolen copy) revokes the session.
+    it, and presenting an older one (a stolen copy) revokes the session. The exception is
+    ``previous_refresh_jti``, the one the last rotation (at ``refreshed_at``) spent: within
+    a short grace window it is answered with that rotation's pair again
+    (``spacio.auth.services.refresh``).
     """
 
     __tablename__ = "auth_sessions"
@@ -35,6 +38,7 @@ class AuthSession(db.Model):
         Uuid, ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True
     )
     refresh_jti: Mapped[str] = mapped_column(String(64), nullable=False)
+    previous_refresh_jti: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at = created_at()
     refreshed_at = mapped_column(UTCDateTime, nullable=True)
     expires_at = mapped_column(UTCDateTime, nullable=False)

@@ -57,8 +57,9 @@ class Refresh(MethodView):
     def post(self):
         """Exchange the refresh token (as Bearer) for new tokens
 
-        Refresh tokens rotate: the one presented is spent. Presenting a spent one again
-        revokes the whole session.
+        Refresh tokens rotate: the one presented is spent. Presenting it again within
+        `SPACIO_JWT_REFRESH_REUSE_GRACE_S` (20 s) of its rotation (two tabs, a retry) answers
+        the same pair again; presenting it later, or any older one, revokes the whole session.
         """
         return services.refresh(get_jwt())
 

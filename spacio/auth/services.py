@@ -1,7 +1,9 @@
 """Accounts and sessions: registration, login, token rotation, revocation, passwords."""
 
+import hashlib
+import time
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 from flask import current_app
 from flask_jwt_extended import create_access_token, create_refresh_token
@@ -39,8 +41,9 @@ def login(email, password):
         raise Unauthorized("Wrong email or password.", reason="invalid_credentials")
     if security.needs_rehash(user.password_hash):
         user.password_hash = security.hash_password(password)
-    session = AuthSession(id=uuid.uuid4(), user_id=user.id, expires_at=_refresh_expiry())
-    tokens, session.refresh_jti = _mint_tokens(user.id, session.id, fresh=True)
+    session = AuthSession(id=uuid.uuid4(), user_id=user.id, refresh_jti=uuid.uuid4().hex,
+                          expires_at=_refresh_expiry())
+    tokens = _mint_tokens(user.id, session.id, session.refresh_jti, int(time.time()), fresh=True)
     db.session.add(session)
     db.session.commit()
     return tokens
@@ -50,23 +53,33 @@ def _refresh_expiry():
     return utcnow() + timedelta(seconds=current_app.config["JWT_REFRESH_TOKEN_EXPIRES"])
 
 
-def _mint_tokens(user_id, session_id, *, fresh):
-    """An access and a refresh token for the session, and the refresh token's id (which
-    becomes the only refresh token the session accepts next)."""
-    jti = uuid.uuid4().hex
-    claims = {"sid": str(session_id)}
-    tokens = {
-        "access_token": create_access_token(str(user_id), fresh=fresh, additional_claims=claims),
-        "refresh_token": create_refresh_token(str(user_id), additional_claims={**claims, "jti": jti}),
+def _mint_tokens(user_id, session_id, refresh_jti, issued_at, *, fresh):
+    """The access and the refresh token of one rotation of a session: the refresh token's id
+    is ``refresh_jti`` (the one the session accepts next), both are issued at ``issued_at``
+    (whole seconds since the epoch).
+
+    Deterministic: the claims flask-jwt-extended would draw itself (the times, the ids) are
+    given, and the signature is an HMAC, so the same arguments give the same tokens byte for
+    byte. That is how a refresh replayed within the grace window answers the pair of the
+    rotation it lost to without that pair being stored (``refresh``)."""
+    cfg = current_app.config
+    claims = {"sid": str(session_id), "iat": issued_at, "nbf": issued_at}
+    # the access token's id only has to be unique: derived from the refresh token's
+    access_jti = hashlib.sha256(f"access:{refresh_jti}".encode()).hexdigest()[:32]
+    access = {**claims, "jti": access_jti, "exp": issued_at + int(cfg["JWT_ACCESS_TOKEN_EXPIRES"])}
+    refresh = {**claims, "jti": refresh_jti, "exp": issued_at + int(cfg["JWT_REFRESH_TOKEN_EXPIRES"])}
+    return {
+        "access_token": create_access_token(str(user_id), fresh=fresh, additional_claims=access),
+        "refresh_token": create_refresh_token(str(user_id), additional_claims=refresh),
         "token_type": "Bearer",
-        "expires_in": int(current_app.config["JWT_ACCESS_TOKEN_EXPIRES"]),
+        "expires_in": int(cfg["JWT_ACCESS_TOKEN_EXPIRES"]),
     }
-    return tokens, jti
 
 
 # every authenticated request runs it: built once, so SQLAlchemy also keeps its cache key
 _SESSION_WITH_USER = (
-    select(AuthSession.user_id, AuthSession.revoked_at, AuthSession.refresh_jti, User)
+    select(AuthSession.user_id, AuthSession.revoked_at, AuthSession.refresh_jti, AuthSession.previous_refresh_jti,
+           AuthSession.refreshed_at, User)
     .join(User, User.id == AuthSession.user_id)
     .where(AuthSession.id == bindparam("sid"))
 )
@@ -79,9 +92,10 @@ def session_user(payload):
     cached: every request reads the session, so a logout or a password change holds from
     the next request on.
 
-    A refresh token must also be the session's current one. An older refresh token means
-    it was copied: the session is revoked, so the thief and the victim both have to log in
-    again."""
+    A refresh token must also be the session's current one, or the one its last rotation
+    spent presented again within the grace window (``refresh`` answers it). Any other older
+    refresh token means it was copied: the session is revoked, so the thief and the victim
+    both have to log in again."""
     try:
         sid = uuid.UUID(payload.get("sid"))
     except (TypeError, ValueError, AttributeError):  # missing, or not a UUID string
@@ -89,33 +103,80 @@ def session_user(payload):
     row = db.session.execute(_SESSION_WITH_USER, {"sid": sid}).first()
     if row is None or row.revoked_at is not None or str(row.user_id) != payload.get("sub"):
         return None
-    if payload.get("type") == "refresh" and payload.get("jti") != row.refresh_jti:
-        revoke_sessions(row.User, reason="refresh_reuse", only=sid)
-        db.session.commit()
-        current_app.logger.warning("refresh token reuse: session %s of user %s revoked", sid, row.user_id)
+    if (payload.get("type") == "refresh" and payload.get("jti") != row.refresh_jti
+            and not _just_spent(row, payload)):
+        _revoke_reused(sid, row.user_id)
         return None
     return row.User
+
+
+def _just_spent(session, payload):
+    """Whether the refresh token is the one the session's last rotation spent, presented
+    again within the grace window."""
+    grace = current_app.config["JWT_REFRESH_REUSE_GRACE_S"]
+    return (grace > 0 and session.previous_refresh_jti is not None
+            and payload.get("jti") == session.previous_refresh_jti
+            and utcnow() - session.refreshed_at <= timedelta(seconds=grace))
+
+
+def _revoke_reused(sid, user_id):
+    db.session.execute(
+        update(AuthSession)
+        .where(AuthSession.id == sid, AuthSession.revoked_at.is_(None))
+        .values(revoked_at=utcnow(), revoked_reason="refresh_reuse")
+        .execution_options(synchronize_session=False)
+    )
+    db.session.commit()
+    current_app.logger.warning("refresh token reuse: session %s of user %s revoked", sid, user_id)
 
 
 def refresh(payload):
     """Rotate: a new access token and a new refresh token; the presented one is spent.
 
-    The update is conditional on the presented token still being current, so two
-    concurrent refreshes with one token cannot both succeed.
+    The rotation is a compare-and-swap on the session row (an update conditional on the
+    presented token still being the current one), so of two refreshes with one token exactly
+    one rotates; on PostgreSQL the other waits for the first's row lock, then finds the token
+    spent.
+
+    A token spent by the session's last rotation and presented again within
+    ``JWT_REFRESH_REUSE_GRACE_S`` of it (the other of two tabs refreshing at once, a retry
+    whose answer was lost) is answered with the pair that rotation issued, not a third one,
+    so every holder ends on the same rotation. Only the last rotation is answered: a token two
+    rotations old, or one presented after the window, can only be a copy, and revokes the
+    session (``session_user``). The window is what a copied token can still get: the pair its
+    owner got, for seconds; 0 turns it off.
+
+    Nothing is stored to answer a replay: the pair is minted again, identical, from what the
+    session row holds anyway (its current refresh token's id and the rotation's time,
+    ``refreshed_at``) and the signing key (``_mint_tokens``). A reader of the database learns
+    token ids and a time, from which no token can be made without ``SPACIO_JWT_SECRET_KEY``,
+    as before; a stored copy of the pair would have been a working token for them.
     """
     sid = uuid.UUID(payload["sid"])
-    tokens, jti = _mint_tokens(payload["sub"], sid, fresh=False)
-    result = db.session.execute(
+    issued_at, jti = int(time.time()), uuid.uuid4().hex
+    rotated = db.session.execute(
         update(AuthSession)
         .where(AuthSession.id == sid, AuthSession.refresh_jti == payload["jti"], AuthSession.revoked_at.is_(None))
-        .values(refresh_jti=jti, expires_at=_refresh_expiry(), refreshed_at=utcnow())
+        .values(refresh_jti=jti, previous_refresh_jti=payload["jti"], expires_at=_refresh_expiry(),
+                refreshed_at=datetime.fromtimestamp(issued_at, timezone.utc))
         .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:
-        db.session.rollback()
+    ).rowcount == 1
+    if rotated:
+        db.session.commit()
+        return _mint_tokens(payload["sub"], sid, jti, issued_at, fresh=False)
+    # spent already: by a concurrent refresh (committed by now: its row lock was waited for),
+    # or by an earlier one
+    session = db.session.execute(
+        select(AuthSession.user_id, AuthSession.revoked_at, AuthSession.refresh_jti,
+               AuthSession.previous_refresh_jti, AuthSession.refreshed_at).where(AuthSession.id == sid)
+    ).first()
+    db.session.rollback()
+    if session is None or session.revoked_at is not None:
         raise Unauthorized("This refresh token has already been used.", reason="token_revoked")
-    db.session.commit()
-    return tokens
+    if not _just_spent(session, payload):
+        _revoke_reused(sid, session.user_id)
+        raise Unauthorized("This refresh token has already been used.", reason="token_revoked")
+    return _mint_tokens(payload["sub"], sid, session.refresh_jti, int(session.refreshed_at.timestamp()), fresh=False)
 
 
 def revoke_sessions(user, *, reason, keep=None, only=None):

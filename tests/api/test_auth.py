@@ -329,10 +329,53 @@ def test_refresh_rotates_the_pair(client):
     assert refresh(client, new["refresh_token"]).status_code == 200
 
 
-def test_reusing_a_spent_refresh_token_revokes_the_whole_session(client):
+def age_last_rotation(app, seconds):
+    """Move every session's last rotation ``seconds`` into the past (the grace window's clock)."""
+    with app.app_context():
+        for session in db.session.scalars(select(AuthSession).where(AuthSession.refreshed_at.is_not(None))):
+            session.refreshed_at -= timedelta(seconds=seconds)
+        db.session.commit()
+
+
+def session_row(app, tokens):
+    with app.app_context():
+        return db.session.get(AuthSession, uuid.UUID(claims(tokens["access_token"])["sid"]))
+
+
+def test_a_spent_refresh_token_again_within_the_grace_window_answers_the_same_pair(client):
+    """Two tabs (or a retry whose answer was lost) refreshing with one token: the second gets
+    the pair the first rotation issued, not a third one, and the session lives on."""
+    alice = client.user("alice@example.com")
+    first = refresh(client, alice.tokens["refresh_token"])
+    assert first.status_code == 200, first.json
+    again = refresh(client, alice.tokens["refresh_token"])
+    assert again.status_code == 200, again.json
+    assert again.json == first.json
+    # one rotation happened: the session's current refresh token is the pair's
+    assert session_row(client.app, first.json).refresh_jti == claims(first.json["refresh_token"])["jti"]
+    assert session_row(client.app, first.json).revoked_at is None
+    # the tabs hold the same, working pair: it reads /me and rotates once more
+    assert get_me(client, alice.tokens["access_token"]).status_code == 200
+    assert_session_works(client, again.json)
+
+
+def test_the_grace_window_replays_only_the_last_rotation(client):
+    """The token spent by the last rotation is answered; after one more rotation it is two
+    rotations old, which only a copy can be: the session is revoked, even inside the window."""
+    alice = client.user("alice@example.com")
+    first = refresh(client, alice.tokens["refresh_token"]).json
+    second = refresh(client, first["refresh_token"]).json
+    assert refresh(client, first["refresh_token"]).json == second  # the last rotation: replayed
+    assert_error(refresh(client, alice.tokens["refresh_token"]), 401, "token_revoked")
+    assert_session_revoked(client, second)
+    assert session_row(client.app, second).revoked_reason == "refresh_reuse"
+
+
+def test_reusing_a_spent_refresh_token_after_the_grace_window_revokes_the_whole_session(client):
     alice = client.user("alice@example.com")
     other_session = login(client, alice.email).json
     new = refresh(client, alice.tokens["refresh_token"]).json
+    age_last_rotation(client.app, client.app.config["JWT_REFRESH_REUSE_GRACE_S"] + 1)
     assert_error(refresh(client, alice.tokens["refresh_token"]), 401, "token_revoked")
     # the pair the legitimate refresh produced is dead too, and so is the original access token
     assert_session_revoked(client, new)
@@ -341,19 +384,34 @@ def test_reusing_a_spent_refresh_token_revokes_the_whole_session(client):
     assert_session_works(client, other_session)
 
 
-def test_two_refreshes_racing_with_one_token_cannot_both_succeed(client):
+def test_a_grace_window_of_zero_revokes_at_the_first_reuse(make_app):
+    client = ApiClient(make_app(JWT_REFRESH_REUSE_GRACE_S=0).test_client())
+    alice = client.user("alice@example.com")
+    new = refresh(client, alice.tokens["refresh_token"]).json
+    assert_error(refresh(client, alice.tokens["refresh_token"]), 401, "token_revoked")
+    assert_session_revoked(client, new)
+
+
+def test_a_spent_refresh_token_of_a_logged_out_session_gets_nothing_within_the_window(client):
+    alice = client.user("alice@example.com")
+    new = refresh(client, alice.tokens["refresh_token"]).json
+    assert logout(client, new).status_code == 204
+    assert_error(refresh(client, alice.tokens["refresh_token"]), 401, "token_revoked")
+
+
+def test_two_refreshes_racing_with_one_token_rotate_once(client):
     """The rotation is a conditional update: a refresh whose token was rotated away between
-    the blocklist check and the update (a concurrent request) is refused."""
+    the blocklist check and the update (a concurrent request) does not rotate again; it
+    answers the pair the winner issued."""
     from spacio.auth import services
-    from spacio.errors import Unauthorized
 
     alice = client.user("alice@example.com")
     payload = claims(alice.tokens["refresh_token"])
     with client.app.app_context():
-        services.refresh(payload)
-        with pytest.raises(Unauthorized) as raised:
-            services.refresh(payload)
-        assert raised.value.reason == "token_revoked"
+        winner = services.refresh(payload)
+        assert services.refresh(payload) == winner
+    assert session_row(client.app, winner).refresh_jti == claims(winner["refresh_token"])["jti"]
+    assert_session_works(client, winner)
 
 
 def test_access_token_is_refused_at_refresh(client):
