@@ -106,11 +106,10 @@ class Defaults:
 
     # answers
     SEARCH_TOP_K = 10  # hits /search and answers use when the request (or the space) sets none
-    # grounded: the question's best cosine to a chunk reaches this (calibrated for the default `local`
-    # embedder: bench/quality.py --calibrate; other embedders have other cosine scales). The
-    # calibration now places it at 0.37; 0.39 stays: it keeps 98% of SciFact train claims
-    # grounded as well, and rejects every held-out off-topic question (0.37 lets 1 of 25 through)
-    GROUNDED_MIN_SIMILARITY = 0.39
+    # grounded: the question's best cosine to a chunk reaches this. None: the threshold the
+    # space's embedder declares (grounded_min_similarity, calibrated by bench/quality.py
+    # --calibrate; each embedder has its own cosine scale)
+    GROUNDED_MIN_SIMILARITY = None
     GROUNDED_MIN_KEYWORD_COVERAGE = 0.55  # mode=keyword (no embedding): share of the question's words in a hit
     # the prompt (spacio/rag/answering.py): passages in rank order while their estimated tokens
     # (spacio.rag.prompts.estimate_tokens) fit; the generator's answer length limit

@@ -20,11 +20,16 @@ class HitSchema(ma.Schema):
     page = ma.fields.Integer(allow_none=True, metadata={"description": "1-based; null for formats without pages"})
     text = ma.fields.String()
     score = ma.fields.Float(metadata={"description": "higher is better; comparable within one response only"})
+    mode = ma.fields.String(metadata={
+        "enum": list(MODES),
+        "description": "the search that found it: the mode asked for, or vector where the space's vector store "
+                       "has no keyword search"})
 
 
 class SearchResultSchema(ma.Schema):
     hits = ma.fields.List(ma.fields.Nested(HitSchema), metadata={"description": "best first"})
     grounded = ma.fields.Boolean(metadata={"description": "false when nothing relevant enough was found"})
+    mode = ma.fields.String(metadata={"enum": list(MODES), "description": "the search that ran (see the hits' mode)"})
 
 
 # --------------------------------------------------------------------------- questions and chats
@@ -62,6 +67,8 @@ class TokenUsageSchema(ma.Schema):
     prompt_tokens = ma.fields.Integer()
     completion_tokens = ma.fields.Integer()
     embedding_tokens = ma.fields.Integer(metadata={"description": "the question's embedding"})
+    estimated = ma.fields.Boolean(metadata={
+        "description": "true when the generator's server reported no token counts and Spacio counted them"})
 
 
 class AnswerSchema(ma.Schema):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,19 @@ HOST_OPTIONS = ("database_url", "instance_path")
 
 class PluginConfigError(RuntimeError):
     """The plugin selection or options cannot work; raised while the app starts."""
+
+
+class Unusable(RuntimeError):
+    """A space's recorded plugins cannot be used on this server (``Registry.resolve``)."""
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """The plugins one space's vectors depend on."""
+
+    chunker: Any
+    embedder: Any
+    vector_store: Any
 
 
 @dataclass(frozen=True)
@@ -106,8 +120,9 @@ def plugin_options(kind, name, config) -> dict:
     return {str(k).lower(): v for k, v in options.items()}
 
 
-def build(kind, name, config, host_options=None, plugins=None):
-    """Import, validate and construct one plugin (``plugins``: ``installed(kind)``, if known)."""
+def build(kind, name, config, host_options=None, plugins=None, overrides=None):
+    """Import, validate and construct one plugin (``plugins``: ``installed(kind)``, if known).
+    ``overrides``: options that win over the configured ones (a space's recorded model)."""
     plugins = installed(kind) if plugins is None else plugins
     item = plugins.get(name)
     if item is None:
@@ -122,7 +137,7 @@ def build(kind, name, config, host_options=None, plugins=None):
     except Exception as exc:  # an import error of a third-party package, reported with its name
         raise PluginConfigError(f"The {where} failed to import: {exc.__class__.__name__}: {exc}") from exc
 
-    options = plugin_options(kind, name, config)
+    options = {**plugin_options(kind, name, config), **(overrides or {})}
     schema_class = getattr(factory, "options_schema", None)
     if schema_class is not None:
         schema = schema_class() if isinstance(schema_class, type) else schema_class
@@ -166,6 +181,14 @@ class Registry:
         self.vector_store = self._one("vector_store", host_options, required=True)
         self.generator = self._one("generator", host_options)
         self.reranker = self._one("reranker", host_options)
+        self._host_options = host_options
+        self._lock = threading.Lock()
+        # every plugin built, by (kind, name, overrides): the selected ones, and those built on
+        # demand for a space that recorded others (its embedder's model, its generator)
+        self._built: dict[tuple, Any] = {}
+        for kind in ("chunker", "embedder", "vector_store", "generator", "reranker"):
+            if self.selection[kind]:
+                self._built[(kind, self.selection[kind][0], ())] = getattr(self, kind)
 
     def _one(self, kind, host_options, required=False):
         names = self.selection[kind]
@@ -175,10 +198,37 @@ class Registry:
             return None
         return build(kind, names[0], self.config, host_options, self.installed_plugins(kind))
 
+    def plugin(self, kind, name, **overrides):
+        """The plugin ``name`` of ``kind`` with ``overrides`` of its options, built the first
+        time it is asked for and kept (``PluginConfigError`` if it cannot be built)."""
+        key = (kind, name, tuple(sorted(overrides.items())))
+        plugin = self._built.get(key)
+        if plugin is None:
+            with self._lock:
+                plugin = self._built.get(key)
+                if plugin is None:
+                    plugin = build(kind, name, self.config, self._host_options, self.installed_plugins(kind),
+                                   overrides=overrides)
+                    self._built[key] = plugin
+        return plugin
+
+    def takes_option(self, kind, name, option) -> bool:
+        """Whether the plugin's options include ``option`` (e.g. ``model``)."""
+        item = self.installed_plugins(kind).get(name)
+        if item is None:
+            return False
+        try:
+            schema = getattr(item.entry_point.load(), "options_schema", None)
+        except Exception:  # noqa: BLE001 - it does not import: building it says why
+            return False
+        if schema is None:
+            return False
+        return option in (schema() if isinstance(schema, type) else schema).fields
+
     def plugins(self) -> list[Any]:
         """Every plugin instance this registry built, each once."""
         built = [*self.parsers.values(), self.chunker, self.embedder, self.vector_store, self.generator,
-                 self.reranker]
+                 self.reranker, *self._built.values()]
         unique: dict[int, Any] = {}
         for plugin in built:
             if plugin is not None:
@@ -220,14 +270,66 @@ class Registry:
             "vector_store": {"name": self.selection["vector_store"][0]},
         }
 
-    def mismatch(self, recorded):
-        """Why a space recorded with ``recorded`` cannot use the current plugins, or None."""
+    def resolve(self, recorded) -> "Pipeline":
+        """The plugins a space recorded (``pipeline()`` when it was made): the selected ones
+        when they match, else the recorded ones built on demand, so a space keeps working,
+        from its own vectors, after the server selects another embedder or store, until it is
+        reindexed. ``Unusable`` when a recorded plugin cannot be built here (uninstalled, its
+        options or key gone) or is not what was recorded (another model or dimensions)."""
         current = self.pipeline()
-        for part in ("embedder", "vector_store", "chunker"):
-            have, want = recorded.get(part) or {}, current[part]
-            if any(have.get(key) != value for key, value in want.items()):
-                return (f"This space was created with the {label(part)} {_show(have)}, but the server now uses "
-                        f"{_show(want)}. Reindex the space to move it to the new one.")
+        parts = {}
+        for part in ("chunker", "embedder", "vector_store"):
+            have = recorded.get(part) or {}
+            name = have.get("name")
+            if all(have.get(key) == value for key, value in current[part].items()):
+                parts[part] = getattr(self, part)
+                continue
+            overrides = {option: have[option] for option in ("model", "dimensions")
+                         if part == "embedder" and have.get(option) is not None
+                         and self.takes_option(part, name, option)}
+            why = None
+            try:
+                plugin = self.plugin(part, name, **overrides) if name else None
+            except PluginConfigError as exc:
+                plugin, why = None, str(exc)
+            if plugin is not None and part == "embedder" and (
+                    plugin.model != have.get("model") or int(plugin.dimensions) != have.get("dimensions")):
+                why = f"it now gives {_show({'name': name, 'model': plugin.model, 'dimensions': plugin.dimensions})}"
+                plugin = None
+            if plugin is None:
+                raise Unusable(f"This space was created with the {label(part)} {_show(have)}, which this server "
+                               f"cannot use{': ' + why if why else ''}. The server now uses {_show(current[part])}: "
+                               f"reindex the space to move it there.")
+            parts[part] = plugin
+        return Pipeline(**parts)
+
+    def mismatch(self, recorded):
+        """Why a space recorded with ``recorded`` cannot be served here (``resolve``), or None."""
+        try:
+            self.resolve(recorded)
+        except Unusable as exc:
+            return str(exc)
+        return None
+
+    def generator_for(self, choice):
+        """A space's generator: ``choice`` ``{"name", "model"?}`` from its settings, or the
+        server's selected one when it has none (None if no generator is selected)."""
+        if not choice:
+            return self.generator
+        name, model = choice.get("name"), choice.get("model")
+        if model and self.takes_option("generator", name, "model"):
+            return self.plugin("generator", name, model=model)
+        return self.plugin("generator", name)
+
+    def generator_problem(self, name) -> str | None:
+        """Why the generator ``name`` cannot answer on this server (not installed, its
+        options or key missing: its options schema refuses them), or None when it can."""
+        if name not in self.installed_plugins("generator"):
+            return f"The generator {name!r} is not installed."
+        try:
+            self.plugin("generator", name)
+        except PluginConfigError as exc:
+            return str(exc)
         return None
 
     def catalogue(self):
@@ -237,6 +339,9 @@ class Registry:
             chosen = set(self.selection[kind])
             plugins = sorted(self.installed_plugins(kind).items())
             result[kind] = [item.describe(name in chosen) for name, item in plugins]
+        for entry in result["generator"]:  # a space may choose any generator that can answer here
+            entry["problem"] = self.generator_problem(entry["name"])
+            entry["usable"] = entry["problem"] is None
         return result
 
 

@@ -13,16 +13,21 @@
    and keep the ``top_k`` best.
 
 ``grounded`` says whether anything relevant was found: the best cosine similarity of the
-question to a chunk of the space reaches ``GROUNDED_MIN_SIMILARITY``, a threshold
-calibrated for the default embedder (``bench/quality.py --calibrate``), never a prompt
-instruction. A keyword-only search does not embed the question, so it has no cosine: it
-is grounded when a hit holds enough of the question's words (``GROUNDED_MIN_KEYWORD_COVERAGE``).
+question to a chunk of the space reaches a threshold calibrated for the space's embedder
+(its ``grounded_min_similarity``; ``bench/quality.py --calibrate``), unless
+``GROUNDED_MIN_SIMILARITY`` sets one for every embedder; never a prompt instruction. A
+keyword-only search does not embed the question, so it has no cosine: it is grounded when a
+hit holds enough of the question's words (``GROUNDED_MIN_KEYWORD_COVERAGE``).
+
+A vector store without keyword search (``keyword_search = False``) answers hybrid and
+keyword searches from its vectors: each hit says which ``mode`` found it.
 
 Plugin failures become the one error body: a service down 503, anything else 502.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import unicodedata
 import uuid
@@ -42,8 +47,12 @@ from spacio.rag.builtins.local_store import STOPWORDS  # English function words,
 from spacio.rag.contracts import Hit
 from spacio.rag.fusion import fuse
 from spacio.rag.pipeline import plugin_call, adopt_if_unrecorded
+from spacio.rag.registry import Unusable
 
 MODES = ("hybrid", "vector", "keyword")
+# below this best cosine nothing counts as relevant, for an embedder that declares no calibrated
+# threshold of its own (the value calibrated for `local`, all-MiniLM-L6-v2)
+UNCALIBRATED_MIN_SIMILARITY = 0.39
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,7 @@ class Retrieved:
     score: float  # higher is better; fused hybrid scores are not cosines
     page: int | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    mode: str = "hybrid"  # the search that found it: hybrid, vector or keyword
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,8 @@ class Retrieval:
     grounded: bool  # something relevant enough was found
     embedding_tokens: int  # spent on the question
     best_similarity: float | None = None  # best cosine of the question to a chunk; None in keyword mode
+    mode: str = "hybrid"  # the search that ran
+    asked: str = "hybrid"  # the search asked for (a store without keyword search runs "vector")
 
 
 @dataclass(frozen=True)
@@ -75,7 +87,7 @@ class Settings:
     vector_weight: float = 0.5
     document_weight: float = 0.5
     rrf_k: float = 60
-    min_similarity: float = 0.39
+    min_similarity: float | None = None  # None: the embedder's own calibrated threshold
     min_keyword_coverage: float = 0.55
     rerank_candidates: int = 50
 
@@ -85,9 +97,21 @@ def settings(config=None) -> Settings:
     return Settings(candidates=int(config["SEARCH_CANDIDATES"]), fusion=str(config["SEARCH_FUSION"]),
                     vector_weight=float(config["SEARCH_VECTOR_WEIGHT"]),
                     document_weight=float(config["SEARCH_DOCUMENT_WEIGHT"]), rrf_k=float(config["SEARCH_RRF_K"]),
-                    min_similarity=float(config["GROUNDED_MIN_SIMILARITY"]),
+                    min_similarity=_float_or_none(config.get("GROUNDED_MIN_SIMILARITY")),
                     min_keyword_coverage=float(config["GROUNDED_MIN_KEYWORD_COVERAGE"]),
                     rerank_candidates=int(config["RERANK_CANDIDATES"]))
+
+
+def _float_or_none(value):
+    return None if value is None or value == "" else float(value)
+
+
+def min_similarity(embedder, tuned: Settings) -> float:
+    """The grounded threshold: the configured one, else the embedder's calibrated one."""
+    if tuned.min_similarity is not None:
+        return tuned.min_similarity
+    own = getattr(embedder, "grounded_min_similarity", None)
+    return float(own) if own is not None else UNCALIBRATED_MIN_SIMILARITY
 
 
 def retrieve(space, question: str, *, top_k: int = 10, mode: str = "hybrid") -> Retrieval:
@@ -95,11 +119,16 @@ def retrieve(space, question: str, *, top_k: int = 10, mode: str = "hybrid") -> 
         raise ValueError(f"mode must be one of {MODES}")
     reg = registry()
     adopt_if_unrecorded(space)
-    problem = reg.mismatch(space.pipeline or {})
-    if problem:
-        raise Conflict(problem, reason="pipeline_changed")
+    try:
+        plugins = reg.resolve(space.pipeline or {})
+    except Unusable as exc:
+        raise Conflict(str(exc), reason="pipeline_changed") from None
     tuned = settings()
-    namespace, space_id, store, embedder = str(space.id), space.id, reg.vector_store, reg.embedder
+    namespace, space_id, store, embedder = str(space.id), space.id, plugins.vector_store, plugins.embedder
+    tuned = dataclasses.replace(tuned, min_similarity=min_similarity(embedder, tuned))
+    asked = mode
+    if not getattr(store, "keyword_search", True):
+        mode = "vector"  # the store has vectors only: the same question, answered by them
     depth = max(top_k, tuned.candidates)
     _release_connection()
 
@@ -126,8 +155,8 @@ def retrieve(space, question: str, *, top_k: int = 10, mode: str = "hybrid") -> 
     hits = rank(vector_hits, text_hits, mode=mode, top_k=top_k, tuned=tuned, rerank=reranker)
     best = max((h.score for h in vector_hits), default=None) if mode != "keyword" else None
     found = grounded(mode, question, best, text_hits, tuned)
-    return Retrieval(hits=[_retrieved(h, alive[h.document_id]) for h in hits if h.document_id in alive],
-                     grounded=found, embedding_tokens=tokens, best_similarity=best)
+    return Retrieval(hits=[_retrieved(h, alive[h.document_id], mode) for h in hits if h.document_id in alive],
+                     grounded=found, embedding_tokens=tokens, best_similarity=best, mode=mode, asked=asked)
 
 
 def rank(vector_hits: Sequence[Hit], text_hits: Sequence[Hit], *, mode: str, top_k: int, tuned: Settings,
@@ -221,6 +250,7 @@ def _alive_documents(space_id, document_ids: set[str]) -> dict[str, str]:
     return {str(i): name for i, name in rows}
 
 
-def _retrieved(hit: Hit, filename: str) -> Retrieved:
+def _retrieved(hit: Hit, filename: str, mode: str) -> Retrieved:
     return Retrieved(chunk_id=hit.id, document_id=hit.document_id, filename=filename, ordinal=hit.ordinal,
-                     text=hit.text, score=float(hit.score), page=hit.page, metadata=dict(hit.metadata or {}))
+                     text=hit.text, score=float(hit.score), page=hit.page, metadata=dict(hit.metadata or {}),
+                     mode=mode)

@@ -55,6 +55,9 @@ class HashEmbedder:
 
     options_schema = HashEmbedderOptions
     model = "hashing-v1"
+    # its cosines live on their own scale: a question sharing a few content words with a text
+    # scores 0.4-0.6, an unrelated one -0.2..0.2
+    grounded_min_similarity = 0.3
 
     def __init__(self, *, dimensions: int = 64, max_tokens: int = 512, max_batch_size: int = 32,
                  delay_ms: int = 0) -> None:

@@ -20,16 +20,10 @@ from tests.api.helpers import space_url
 from tests.api.test_documents import pdf
 from tests.conftest import ApiClient, assert_error
 
-HIT_FIELDS = {"document_id", "filename", "chunk_id", "page", "text", "score"}
-# GROUNDED_MIN_SIMILARITY is calibrated for the default MiniLM embedder; the hashing
-# embedder's cosines live on another scale: a question sharing a few content words with a
-# text scores 0.4-0.6 here, an unrelated one -0.2..0.2
-HASHING_MIN_SIMILARITY = 0.3
-
-
-@pytest.fixture
-def app(make_app):
-    return make_app(GROUNDED_MIN_SIMILARITY=HASHING_MIN_SIMILARITY)
+HIT_FIELDS = {"document_id", "filename", "chunk_id", "page", "text", "score", "mode"}
+# the grounded threshold is the hashing embedder's own (grounded_min_similarity = 0.3):
+# a question sharing a few content words with a text scores 0.4-0.6 there, an unrelated one
+# -0.2..0.2
 
 VOLCANO = ("Volcanoes erupt when magma rises through the crust. Basalt lava flows from shield volcanoes "
            "such as Mauna Loa, while explosive eruptions throw ash and pumice into the stratosphere.")
@@ -54,9 +48,9 @@ def library(client, alice, space):
 def test_hits_are_best_first_with_document_chunk_and_score(client, alice, space, library, mode):
     response = search(client, alice, space["id"], "How does magma make volcanoes erupt lava?", mode=mode)
     assert response.status_code == 200, response.json
-    assert set(response.json) == {"hits", "grounded"}
+    assert set(response.json) == {"hits", "grounded", "mode"} and response.json["mode"] == mode
     hits = response.json["hits"]
-    assert hits and all(set(h) == HIT_FIELDS for h in hits)
+    assert hits and all(set(h) == HIT_FIELDS and h["mode"] == mode for h in hits)
     best = hits[0]
     volcano = library["volcano"]
     assert (best["document_id"], best["filename"], best["page"]) == (volcano["id"], "volcano.txt", None)
@@ -158,7 +152,7 @@ def test_an_empty_space_has_no_hits_and_is_not_grounded(client, alice, space):
     for mode in ("hybrid", "vector", "keyword"):
         response = search(client, alice, space["id"], "What causes volcanic eruptions?", mode=mode)
         assert response.status_code == 200, response.json
-        assert response.json == {"hits": [], "grounded": False}
+        assert response.json == {"hits": [], "grounded": False, "mode": mode}
 
 
 def test_an_unrelated_question_is_not_grounded(client, alice, space, library):

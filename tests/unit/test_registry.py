@@ -19,7 +19,7 @@ import pytest
 
 from spacio import create_app
 from spacio.rag import contracts, registry
-from spacio.rag.registry import PluginConfigError, Registry, build
+from spacio.rag.registry import PluginConfigError, Registry, Unusable, build
 
 SECRET = "s" * 40
 ROOT = Path(__file__).resolve().parents[2]
@@ -315,27 +315,52 @@ def test_only_the_selected_plugins_are_imported(tmp_path):
 
 # --------------------------------------------------------------------------- pipeline and catalogue
 
-def test_mismatch_says_which_part_changed(host):
+def test_a_space_is_served_with_the_plugins_it_recorded(host):
+    """A space keeps its own embedder (model, dimensions), chunker and store: the selected
+    ones when they match, else those it recorded, built on demand and kept."""
     registry_ = Registry(selection(), host)
     recorded = registry_.pipeline()
     assert recorded == {"chunker": {"name": "recursive"},
                         "embedder": {"name": "hashing", "model": "hashing-v1", "dimensions": 64},
                         "vector_store": {"name": "local"}}
-    assert registry_.mismatch(recorded) is None
-    assert registry_.mismatch(json.loads(json.dumps(recorded))) is None  # as stored in a JSON column
+    same = registry_.resolve(json.loads(json.dumps(recorded)))  # as stored in a JSON column
+    assert (same.chunker, same.embedder, same.vector_store) == (
+        registry_.chunker, registry_.embedder, registry_.vector_store)
 
     smaller = {**recorded, "embedder": {**recorded["embedder"], "dimensions": 32}}
-    message = registry_.mismatch(smaller)
-    assert "embedder" in message and "dimensions 32" in message and "dimensions 64" in message
-    assert "Reindex" in message
+    embedder = registry_.resolve(smaller).embedder
+    assert embedder is not registry_.embedder and embedder.dimensions == 32
+    assert registry_.resolve(smaller).embedder is embedder  # built once
+    assert registry_.mismatch(smaller) is None
+    assert embedder in registry_.plugins()  # closed with the others
 
-    other_model = {**recorded, "embedder": {"name": "local", "model": "all-MiniLM-L6-v2", "dimensions": 384}}
-    assert "'local'" in registry_.mismatch(other_model) and "'hashing'" in registry_.mismatch(other_model)
-    other_store = {**recorded, "vector_store": {"name": "pgvector"}}
+
+def test_a_space_whose_recorded_plugins_cannot_be_built_says_why(host):
+    registry_ = Registry(selection(), host)
+    recorded = registry_.pipeline()
+
+    other_model = {**recorded, "embedder": {"name": "hashing", "model": "hashing-v0", "dimensions": 64}}
+    message = registry_.mismatch(other_model)
+    assert "'hashing' (model hashing-v0, dimensions 64)" in message and "model hashing-v1" in message
+    assert "reindex" in message
+    missing = {**recorded, "embedder": {"name": "nowhere", "model": "m", "dimensions": 8}}
+    assert "embedder 'nowhere'" in registry_.mismatch(missing) and "not installed" in registry_.mismatch(missing)
+    other_store = {**recorded, "vector_store": {"name": "pgvector"}}  # no PostgreSQL configured
     assert "vector store 'pgvector'" in registry_.mismatch(other_store)
     other_chunker = {**recorded, "chunker": {"name": "semantic"}}
     assert "chunker 'semantic'" in registry_.mismatch(other_chunker)
     assert registry_.mismatch({}) is not None
+    with pytest.raises(Unusable):
+        registry_.resolve(other_model)
+
+
+def test_a_generator_is_chosen_by_name_and_model(host):
+    registry_ = Registry(selection(GENERATOR="extractive"), host)
+    assert registry_.generator_for(None) is registry_.generator
+    assert registry_.generator_for({"name": "paced"}) is registry_.generator_for({"name": "paced"})
+    assert type(registry_.generator_for({"name": "paced"})).__name__ != type(registry_.generator).__name__
+    assert registry_.generator_problem("paced") is None
+    assert "not installed" in registry_.generator_problem("nowhere")
 
 
 def test_catalogue_lists_every_installed_plugin_and_marks_the_selected(host):

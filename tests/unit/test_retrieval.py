@@ -100,7 +100,18 @@ def test_settings_come_from_the_config_and_the_defaults_are_sane():
     assert tuned.fusion in ("rrf", "convex")
     assert 0.0 <= tuned.vector_weight <= 1.0 and 0.0 <= tuned.document_weight <= 1.0
     assert tuned.candidates >= 10 and tuned.rerank_candidates >= 10
-    assert 0.0 < tuned.min_similarity < 1.0
+    assert tuned.min_similarity is None  # each embedder's own calibrated threshold
+
+
+def test_the_grounded_threshold_is_the_embedders_unless_configured():
+    class Calibrated:
+        grounded_min_similarity = 0.25
+
+    assert retrieval.min_similarity(Calibrated(), Settings()) == 0.25
+    assert retrieval.min_similarity(object(), Settings()) == retrieval.UNCALIBRATED_MIN_SIMILARITY
+    assert retrieval.min_similarity(Calibrated(), Settings(min_similarity=0.5)) == 0.5
+    assert retrieval.settings({**{k: getattr(Defaults, k) for k in dir(Defaults) if k.isupper()},
+                               "GROUNDED_MIN_SIMILARITY": "0.45"}).min_similarity == 0.45
 
 
 def test_plugins_run_on_a_real_thread_unless_they_say_they_are_not_cpu_bound():
