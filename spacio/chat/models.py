@@ -1,6 +1,7 @@
 import uuid
 
-from sqlalchemy import JSON, Boolean, CheckConstraint, ForeignKey, Index, Integer, String, Text, UniqueConstraint, Uuid
+from sqlalchemy import (JSON, Boolean, CheckConstraint, ForeignKey, Index, Integer, String, Text, UniqueConstraint,
+                        Uuid, false)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from spacio.db import created_at, updated_at, uuid_pk
@@ -54,6 +55,7 @@ class Message(db.Model):
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     embedding_tokens: Mapped[int | None] = mapped_column(Integer)
+    usage_estimated: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False, server_default=false())
     created_at = created_at()
 
     @property
@@ -61,4 +63,4 @@ class Message(db.Model):
         if self.role != "assistant":
             return None
         return {"prompt_tokens": self.prompt_tokens or 0, "completion_tokens": self.completion_tokens or 0,
-                "embedding_tokens": self.embedding_tokens or 0}
+                "embedding_tokens": self.embedding_tokens or 0, "estimated": bool(self.usage_estimated)}

@@ -98,7 +98,7 @@ def citation_dict(citation) -> dict:
 
 def usage_dict(generated: contracts.Usage, embedding_tokens: int) -> dict:
     return {"prompt_tokens": int(generated.prompt_tokens), "completion_tokens": int(generated.completion_tokens),
-            "embedding_tokens": int(embedding_tokens)}
+            "embedding_tokens": int(embedding_tokens), "estimated": bool(generated.estimated)}
 
 
 def query(user, space_id, question, top_k=None):
@@ -114,7 +114,7 @@ def query(user, space_id, question, top_k=None):
     finally:  # a failed generation still spent the question's embedding
         usage.record(user_id, space_id, "query", prompt_tokens=generation.usage.prompt_tokens,
                      completion_tokens=generation.usage.completion_tokens,
-                     embedding_tokens=found.embedding_tokens)
+                     embedding_tokens=found.embedding_tokens, estimated=generation.usage.estimated)
     return {"answer": generation.text, "citations": generation.cited(), "grounded": prepared.grounded,
             "usage": usage_dict(generation.usage, found.embedding_tokens)}
 
@@ -193,10 +193,11 @@ def finish_chat(pending: Pending, generation: Generation, status: str) -> None:
                 id=pending.message_id, conversation_id=pending.conversation_id, seq=seq, role="assistant",
                 content=text, citations=generation.cited(), grounded=pending.grounded, status=status,
                 prompt_tokens=spent.prompt_tokens, completion_tokens=spent.completion_tokens,
-                embedding_tokens=pending.embedding_tokens))
+                embedding_tokens=pending.embedding_tokens, usage_estimated=spent.estimated))
         if seq is not None or space_alive:
             usage.add(pending.user_id, pending.space_id, "chat", prompt_tokens=spent.prompt_tokens,
-                      completion_tokens=spent.completion_tokens, embedding_tokens=pending.embedding_tokens)
+                      completion_tokens=spent.completion_tokens, embedding_tokens=pending.embedding_tokens,
+                      estimated=spent.estimated)
         db.session.commit()
     except Exception:
         db.session.rollback()

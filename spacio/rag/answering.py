@@ -74,6 +74,7 @@ class Prepared:
     prompt: contracts.Prompt | None  # None when not grounded: the generator is not called
     citations: list[Citation]  # the numbered passages offered, n = 1..k, in prompt order
     grounded: bool
+    generator: Mapping | None = None  # the space's choice {name, model?}; None: the server's
 
 
 # ----------------------------------------------------------------------------- prepare
@@ -123,7 +124,8 @@ def prepare(space, question: str, retrieval, history: Sequence[contracts.Turn], 
         temperature=float(temperature) if temperature is not None else None,
         max_tokens=int(config.get("ANSWER_MAX_TOKENS") or DEFAULT_MAX_TOKENS),
     )
-    return Prepared(prompt=prompt, citations=citations, grounded=True)
+    choice = settings.get("generator")
+    return Prepared(prompt=prompt, citations=citations, grounded=True, generator=dict(choice) if choice else None)
 
 
 def snippet(text: str, limit: int = SNIPPET_CHARS) -> str:
@@ -152,15 +154,17 @@ def stream(prepared: Prepared, *, generator: contracts.Generator | None = None) 
         yield NOT_GROUNDED_ANSWER
         yield contracts.Usage()
         return
+    what = "The generator"
     if generator is None:
-        generator = _selected_generator()
+        generator, name = _generator(prepared.generator)
+        what = f"The generator {name!r}"
     step = plugin_runner(generator, cpu_bound=False)
     markers = CitationFilter({c.n for c in prepared.citations})
-    pieces = plugin_call(step, generator.stream, prepared.prompt, what="The generator")
+    pieces = plugin_call(step, generator.stream, prepared.prompt, what=what)
     usage: contracts.Usage | None = None
     try:
         while True:
-            item = plugin_call(step, next, pieces, _END, what="The generator")
+            item = plugin_call(step, next, pieces, _END, what=what)
             if item is _END:
                 break
             if isinstance(item, contracts.Usage):
@@ -212,14 +216,38 @@ def _close(pieces) -> None:
         log.warning("closing the generator's stream failed", exc_info=True)
 
 
-def _selected_generator() -> contracts.Generator:
+def _generator(choice) -> tuple[contracts.Generator, str]:
+    """The space's generator (``choice``), else the server's selected one, and its name."""
     from spacio.rag import registry
+    from spacio.rag.registry import PluginConfigError
 
-    generator = registry().generator
+    reg = registry()
+    try:
+        generator = reg.generator_for(choice)
+    except PluginConfigError as exc:
+        raise Unavailable(f"This space's generator cannot answer on this server: {exc}",
+                          reason="generator_not_configured") from exc
     if generator is None:
         raise Unavailable("No generator is configured on this server (SPACIO_GENERATOR).",
                           reason="generator_not_configured")
-    return generator
+    return generator, (choice or {}).get("name") or reg.selection["generator"][0]
+
+
+def generator_problem(choice) -> str | None:
+    """Why a space could not answer with ``choice`` (``{name, model?}``) here, or None."""
+    from spacio.rag import registry
+    from spacio.rag.registry import PluginConfigError
+
+    reg = registry()
+    problem = reg.generator_problem(choice["name"])
+    if problem is None and choice.get("model") and not reg.takes_option("generator", choice["name"], "model"):
+        problem = f"The generator {choice['name']!r} has no model to choose."
+    if problem is None:
+        try:
+            reg.generator_for(choice)
+        except PluginConfigError as exc:  # the plugin refused the model
+            problem = str(exc)
+    return problem
 
 
 # ----------------------------------------------------------------------------- citations

@@ -236,9 +236,9 @@ def plugin_call(call, *args, what="The vector store", **kwargs):
         headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else None
         raise Unavailable(f"{what} is unavailable: {exc.message}", reason=exc.reason,
                           headers=headers) from exc
-    except contracts.PluginError as exc:
+    except contracts.PluginError as exc:  # the plugin's own reason (upstream_error: a bad key, an unknown model)
         log.warning("%s failed: %s (%s)", what, exc.message, exc.reason)
-        raise PluginFailed(f"{what} failed: {exc.message}", reason="plugin_error") from exc
+        raise PluginFailed(f"{what} failed: {exc.message}", reason=exc.reason) from exc
     except SpacioError:
         raise
     except Exception as exc:  # a third-party plugin's bug or SDK error: logged, 502, never a 500

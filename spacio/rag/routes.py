@@ -15,6 +15,9 @@ class PluginSchema(ma.Schema):
     distribution = ma.fields.String()
     version = ma.fields.String()
     selected = ma.fields.Boolean(metadata={"description": "used by this server"})
+    usable = ma.fields.Boolean(metadata={"description": "generators only: whether it can answer on this server "
+                                                        "(configured, key present), so a space may choose it"})
+    problem = ma.fields.String(allow_none=True, metadata={"description": "generators only: why it cannot answer"})
 
 
 CatalogueSchema = ma.Schema.from_dict(

@@ -3,6 +3,14 @@ import marshmallow as ma
 from spacio.schemas import Timestamp, Trimmed
 
 
+class GeneratorChoiceSchema(ma.Schema):
+    name = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=100),
+                            metadata={"description": "an installed generator that can answer here "
+                                                     "(GET /plugins: usable)"})
+    model = ma.fields.String(allow_none=True, validate=ma.validate.Length(min=1, max=200),
+                             metadata={"description": "the generator's model; null: the one the server configures"})
+
+
 class SettingsSchema(ma.Schema):
     """Per-space settings; `null` removes a key (back to the default)."""
 
@@ -14,6 +22,8 @@ class SettingsSchema(ma.Schema):
     chunk_overlap = ma.fields.Integer(strict=True, allow_none=True, validate=ma.validate.Range(min=0, max=2048),
                                       metadata={"description": "tokens shared by neighbouring chunks; less than "
                                                                  "half of chunk_size (422 otherwise)"})
+    generator = ma.fields.Nested(GeneratorChoiceSchema, allow_none=True, metadata={
+        "description": "the generator (and model) that answers in this space; null: the server's (SPACIO_GENERATOR)"})
 
 
 class SpaceSchema(ma.Schema):

@@ -8,7 +8,7 @@ from spacio import auth
 from spacio.db import utcnow
 from spacio.errors import Conflict, Forbidden, Invalid, NotFound
 from spacio.extensions import db
-from spacio.rag import pipeline
+from spacio.rag import answering, pipeline
 from spacio.spaces.models import ROLES, Membership, Space
 
 # the least role an action needs
@@ -77,11 +77,15 @@ def spaces_of(user):
     return statement.where(Space.id == key.space_id) if key is not None else statement
 
 
-def _check_settings(settings):
+def _check_settings(settings, changes):
     size, overlap = settings.get("chunk_size"), settings.get("chunk_overlap")
     if size is not None and overlap is not None and overlap >= size // 2:
         raise Invalid("chunk_overlap must be less than half of chunk_size.",
                       errors={"settings": {"chunk_overlap": ["Must be less than half of chunk_size."]}})
+    if changes.get("generator"):  # one chosen now must work now; a kept one may have broken since
+        problem = answering.generator_problem(changes["generator"])
+        if problem:
+            raise Invalid(problem, reason="generator_not_usable", errors={"settings": {"generator": [problem]}})
 
 
 def _merge_settings(current, changes):
@@ -90,8 +94,8 @@ def _merge_settings(current, changes):
 
 
 def create(user, name, description, settings):
-    settings = _merge_settings({}, settings)
-    _check_settings(settings)
+    changes, settings = settings, _merge_settings({}, settings)
+    _check_settings(settings, changes)
     space = Space(name=name, description=description, owner_id=user.id, settings=settings,
                   pipeline=pipeline.describe_new_space())
     space.memberships.append(Membership(user_id=user.id, role="owner"))
@@ -104,8 +108,9 @@ def create(user, name, description, settings):
 def update(user, space_id, changes):
     space = access(user, space_id, MANAGE)
     if "settings" in changes:
-        settings = _merge_settings(space.settings or {}, changes.pop("settings"))
-        _check_settings(settings)
+        asked = changes.pop("settings")
+        settings = _merge_settings(space.settings or {}, asked)
+        _check_settings(settings, asked)
         space.settings = settings
     for key, value in changes.items():
         setattr(space, key, value)

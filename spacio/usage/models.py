@@ -1,4 +1,4 @@
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, String, Uuid
+from sqlalchemy import BigInteger, Boolean, CheckConstraint, ForeignKey, Index, Integer, String, Uuid, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from spacio.db import created_at
@@ -30,4 +30,6 @@ class UsageRecord(db.Model):
     prompt_tokens: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     embedding_tokens: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    # the generator's tokens were counted by its plugin: the service it called reported none
+    estimated: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False, server_default=false())
     created_at = created_at()

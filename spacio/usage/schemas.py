@@ -13,6 +13,9 @@ class UsageCountsSchema(ma.Schema):
     completion_tokens = ma.fields.Integer(metadata={"description": "generated"})
     embedding_tokens = ma.fields.Integer(metadata={"description": "questions embedded, and documents you uploaded"})
     requests = ma.fields.Integer(metadata={"description": "search, query and chat calls"})
+    estimated_requests = ma.fields.Integer(metadata={
+        "description": "of those, the ones whose generator tokens Spacio counted itself (an estimate): the "
+                       "model's server reported no usage"})
 
 
 class SpaceUsageSchema(UsageCountsSchema):

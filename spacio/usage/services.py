@@ -21,12 +21,14 @@ WINDOWS = {"24h": timedelta(hours=24), "7d": timedelta(days=7)}
 TOKENS = ("prompt_tokens", "completion_tokens", "embedding_tokens")
 
 
-def add(user_id, space_id, kind, *, prompt_tokens=0, completion_tokens=0, embedding_tokens=0):
+def add(user_id, space_id, kind, *, prompt_tokens=0, completion_tokens=0, embedding_tokens=0, estimated=False):
     """Add one request's record to the session's transaction (the caller commits). An INSERT,
-    not an object for the session to flush: the unit of work cost more than the statement."""
+    not an object for the session to flush: the unit of work cost more than the statement.
+    ``estimated``: the generator's tokens were counted by its plugin, not reported by its service."""
     db.session.execute(insert(UsageRecord), [{
         "user_id": user_id, "space_id": space_id, "kind": kind, "prompt_tokens": int(prompt_tokens or 0),
-        "completion_tokens": int(completion_tokens or 0), "embedding_tokens": int(embedding_tokens or 0)}])
+        "completion_tokens": int(completion_tokens or 0), "embedding_tokens": int(embedding_tokens or 0),
+        "estimated": bool(estimated)}])
     count_tokens(prompt_tokens, completion_tokens, embedding_tokens)  # /metrics (ingestion's: from documents)
 
 
@@ -45,13 +47,17 @@ def record_ingestion(document_id, tokens):
         .where(Document.id == document_id)))
 
 
+COUNTS = (*TOKENS, "requests", "estimated_requests")
+
+
 def _sums(*where):
     """Token sums and request counts grouped by space."""
     requests = func.coalesce(func.sum(case((UsageRecord.kind.in_(REQUESTS), 1), else_=0)), 0)
+    estimated = func.coalesce(func.sum(case((UsageRecord.estimated, 1), else_=0)), 0)
     columns = [func.coalesce(func.sum(getattr(UsageRecord, t)), 0) for t in TOKENS]
-    rows = db.session.execute(select(UsageRecord.space_id, *columns, requests).where(*where)
+    rows = db.session.execute(select(UsageRecord.space_id, *columns, requests, estimated).where(*where)
                               .group_by(UsageRecord.space_id)).all()
-    return {row[0]: dict(zip((*TOKENS, "requests"), map(int, row[1:]))) for row in rows}
+    return {row[0]: dict(zip(COUNTS, map(int, row[1:]))) for row in rows}
 
 
 def usage_of(user, window="24h"):
@@ -62,7 +68,7 @@ def usage_of(user, window="24h"):
     totals = _sums(UsageRecord.space_id.in_(owned), UsageRecord.created_at >= since) if owned else {}
     ids = set(own) | set(totals)
     names = dict(db.session.execute(select(Space.id, Space.name).where(Space.id.in_(ids))).all()) if ids else {}
-    zero = dict.fromkeys((*TOKENS, "requests"), 0)
+    zero = dict.fromkeys(COUNTS, 0)
     by_space = []
     for space_id in sorted(ids, key=lambda i: (names.get(i, "").lower(), str(i))):
         entry = {"space_id": space_id, "name": names.get(space_id), **own.get(space_id, zero)}

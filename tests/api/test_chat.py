@@ -198,7 +198,7 @@ def test_a_stream_read_by_a_real_client_has_the_events_in_order(app, client, ali
     assert set(start) == {"conversation_id", "message_id"}
     assert end["message_id"] == start["message_id"]
     assert end["grounded"] is True
-    assert set(end["usage"]) == {"prompt_tokens", "completion_tokens", "embedding_tokens"}
+    assert set(end["usage"]) == {"prompt_tokens", "completion_tokens", "embedding_tokens", "estimated"}
     assert end["usage"]["embedding_tokens"] > 0 and end["usage"]["completion_tokens"] > 0
     assert offered and [c["n"] for c in offered] == list(range(1, len(offered) + 1))
     assert offered[0]["filename"] == "cats.txt"

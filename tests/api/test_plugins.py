@@ -36,8 +36,13 @@ def test_plugins_lists_every_kind_with_versions_and_the_selected_ones(client, al
         assert {item["name"]: (item["distribution"], item["version"]) for item in items} == installed(kind)
         assert [item["name"] for item in items] == sorted(item["name"] for item in items)
         for item in items:
-            assert set(item) == {"name", "distribution", "version", "selected"}
+            extra = {"usable", "problem"} if kind == "generator" else set()
+            assert set(item) == {"name", "distribution", "version", "selected"} | extra
         selected[kind] = {item["name"] for item in items if item["selected"]}
+    usable = {item["name"]: item for item in response.json["generator"]}
+    assert usable["extractive"]["usable"] and usable["extractive"]["problem"] is None
+    # the Cohere generator needs a key this server was not given: not usable, and it says why
+    assert not usable["cohere"]["usable"] and "API key" in usable["cohere"]["problem"]
     assert selected == expected_selection(client.app)
     # the database decides the default store: the embedded default's, or pgvector's
     assert selected["vector_store"] == ({"local"} if client.app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite")

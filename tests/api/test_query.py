@@ -33,7 +33,8 @@ def test_a_question_gets_a_cited_answer(client, alice, library):
         chunk = client.get(space_url(library["id"], "chunks", citation["chunk_id"]), headers=alice.headers)
         assert chunk.status_code == 200 and chunk.json["document_id"] == citation["document_id"]
     usage = body["usage"]
-    assert set(usage) == {"prompt_tokens", "completion_tokens", "embedding_tokens"}
+    assert set(usage) == {"prompt_tokens", "completion_tokens", "embedding_tokens", "estimated"}
+    assert usage["estimated"] is False  # the generator reported its counts
     assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] == 20 and usage["embedding_tokens"] > 0
 
 
@@ -76,7 +77,7 @@ def test_the_space_prompt_settings_reach_the_generator(make_app, client, alice, 
 def test_nothing_relevant_says_so(client, alice, library):
     body = ask(client, alice, library["id"], UNRELATED).json
     assert body == {"answer": answering.NOT_GROUNDED_ANSWER, "citations": [], "grounded": False,
-                    "usage": {"prompt_tokens": 0, "completion_tokens": 0,
+                    "usage": {"prompt_tokens": 0, "completion_tokens": 0, "estimated": False,
                               "embedding_tokens": body["usage"]["embedding_tokens"]}}
     assert body["usage"]["embedding_tokens"] > 0
 

@@ -17,7 +17,7 @@ from tests.api.test_chat import CATS_QUESTION, FACTS, HUNT_QUESTION, chat, messa
 from tests.conftest import assert_error
 
 USAGE = "/api/v1/usage"
-COUNTS = ("prompt_tokens", "completion_tokens", "embedding_tokens", "requests")
+COUNTS = ("prompt_tokens", "completion_tokens", "embedding_tokens", "requests", "estimated_requests")
 
 
 @pytest.fixture
@@ -123,7 +123,7 @@ def test_usage_by_space_and_window(client, alice, bob, library):
 
 def test_no_use_is_zero(client, carol):
     assert usage(client, carol) == {"window": "24h", "prompt_tokens": 0, "completion_tokens": 0,
-                                    "embedding_tokens": 0, "requests": 0, "by_space": []}
+                                    "embedding_tokens": 0, "requests": 0, "estimated_requests": 0, "by_space": []}
 
 
 def test_bad_windows_and_anonymous_callers_are_refused(client, alice):

@@ -252,7 +252,9 @@ def test_closing_the_answer_closes_the_generators_stream():
     (contracts.UpstreamUnavailable("rate limited", reason="rate_limited", retry_after=2.4), Unavailable, 503,
      "rate_limited"),
     (contracts.PluginError("bad response"), PluginFailed, 502, "plugin_error"),
-    (contracts.InvalidInput("prompt too long", reason="too_long"), PluginFailed, 502, "plugin_error"),
+    # the plugin's own reason reaches the client: a bad key, an unknown model
+    (contracts.PluginError("invalid API key", reason="upstream_error"), PluginFailed, 502, "upstream_error"),
+    (contracts.InvalidInput("prompt too long", reason="too_long"), PluginFailed, 502, "too_long"),
     (KeyError("choices"), PluginFailed, 502, "plugin_error"),
 ])
 def test_generator_failures_become_the_one_error_body(failure, error, status, reason):
@@ -283,8 +285,14 @@ def test_a_generator_without_usage_reports_zero():
 
 
 def test_the_selected_generator_runs():
+    class Registry(SimpleNamespace):
+        selection = {"generator": ["scripted"]}
+
+        def generator_for(self, choice):
+            return self.generator
+
     app = Flask(__name__)
-    app.extensions["spacio.rag"] = SimpleNamespace(generator=Scripted("From the registry [1].", Usage(3, 4)))
+    app.extensions["spacio.rag"] = Registry(generator=Scripted("From the registry [1].", Usage(3, 4)))
     with app.app_context():
         assert collect(grounded()) == ("From the registry [1].", Usage(3, 4))
         app.extensions["spacio.rag"].generator = None
