@@ -8,8 +8,10 @@ killed half-way, leaves exactly one copy of each chunk.
 
 Failures: a plugin's ``InvalidInput``/``UnsupportedMediaType`` (or any exception from a
 parser or chunker, which only sees the file) fails the document with a reason and is not
-retried. ``UpstreamUnavailable`` and unexpected errors (a database restart) are raised
-for Dramatiq to retry with backoff; on the last try the document fails instead.
+retried. ``UpstreamUnavailable`` and unexpected errors (a database restart) raise
+``RetryLater`` for Dramatiq to retry with backoff; on the last try the document fails
+instead. Each outcome is one log line: an expected failure (an encrypted PDF, a scan) with
+its reason and no traceback, an unexpected one with its traceback (``exc`` in JSON logs).
 """
 
 import logging
@@ -51,9 +53,15 @@ def chunking(space_settings, embedder, config=None):
 
 
 class _Permanent(Exception):
-    def __init__(self, reason, message):
+    """The document fails for good; ``crash`` when a plugin's bug, not the file, said so."""
+
+    def __init__(self, reason, message, crash=False):
         super().__init__(message)
-        self.reason, self.message = reason, message
+        self.reason, self.message, self.crash = reason, message, crash
+
+
+class RetryLater(Exception):
+    """Ingestion failed for a reason that may pass (already logged): try the document again."""
 
 
 def ingest(document_id, *, last_try=False):
@@ -101,21 +109,22 @@ def ingest(document_id, *, last_try=False):
         log.info("ingested document %s: %d pages, %d chunks, %d tokens in %.1f s", document_id,
                  parsed.pages or 0, len(chunks), tokens, time.monotonic() - started)
     except _Permanent as exc:
-        _fail(document_id, exc.reason, exc.message)
+        _fail(document_id, exc.reason, exc.message, crash=exc.__cause__ if exc.crash else None)
     except contracts.PluginError as exc:
         db.session.rollback()
         if exc.retryable and not last_try:
+            log.warning("ingestion of %s will be retried: %s (%s)", document_id, exc.message, exc.reason)
             _set(document_id, status="queued", progress=0.0)
-            raise
+            raise RetryLater(exc.reason) from exc
         _fail(document_id, exc.reason, exc.message)
-    except Exception:
+    except Exception as exc:
         db.session.rollback()
         if not last_try:
             log.warning("ingestion of %s failed; it will be retried", document_id, exc_info=True)
             _set(document_id, status="queued", progress=0.0)
-            raise
-        log.exception("ingestion of %s failed on its last try", document_id)
-        _fail(document_id, "ingestion_error", "Ingestion failed unexpectedly; the server's log has the details.")
+            raise RetryLater(exc.__class__.__name__) from exc
+        _fail(document_id, "ingestion_error", "Ingestion failed unexpectedly; the server's log has the details.",
+              crash=exc)
 
 
 def _parse_and_chunk(reg, parser, blob, size, overlap):
@@ -141,8 +150,8 @@ def _parse_and_chunk(reg, parser, blob, size, overlap):
     except contracts.PluginError as exc:
         raise _Permanent(exc.reason, exc.message) from exc
     except Exception as exc:  # a parser bug on a strange file fails that file, not the worker
-        log.warning("parsing %s failed", blob.filename, exc_info=True)
-        raise _Permanent("parser_error", f"The file could not be read ({exc.__class__.__name__}).") from exc
+        raise _Permanent("parser_error", f"The file could not be read ({exc.__class__.__name__}).",
+                         crash=True) from exc
 
 
 def embedding_input(chunk, title):
@@ -209,9 +218,14 @@ def _set(document_id, **values):
     db.session.commit()
 
 
-def _fail(document_id, reason, message):
+def _fail(document_id, reason, message, crash=None):
+    """The document fails with ``reason``: one log line, with the traceback of ``crash`` (an
+    unexpected exception) when there is one."""
     db.session.rollback()
-    log.info("document %s failed: %s", document_id, reason)
+    if crash is None:
+        log.info("document %s failed: %s", document_id, reason)
+    else:
+        log.error("document %s failed: %s", document_id, reason, exc_info=crash)
     _set(document_id, status="failed", progress=0.0, error_reason=reason, error_message=message)
 
 
