@@ -101,6 +101,10 @@ def ingest(document_id, *, last_try=False):
                 metadata={"heading": c.heading, "page_end": c.page_end})
             for i, c in enumerate(chunks)
         ]
+        if db.session.scalar(select(Document.id).where(Document.id == document_id)) is None:
+            db.session.rollback()
+            return  # deleted, alone or with its space, while we worked: write nothing
+        db.session.rollback()  # no transaction stays open while the store is written
         # on a real thread unless the store says cpu_bound = False (pgvector: its pool's queues
         # belong to the gevent hub and break when a real thread uses them)
         plugin_runner(reg.vector_store)(_replace_vectors, reg.vector_store, namespace, int(reg.embedder.dimensions),
@@ -192,15 +196,25 @@ def _finish(document_id, space_id, namespace, chunks, tokens):
     """Mark the document ready and write its chunks and the uploader's usage, in one
     transaction. Rows are locked top down, as requests lock them (the uploader, the space, the
     document, its chunks): deleting the account or the space, or reindexing the space, waits
-    for this transaction or runs before it, never deadlocks with it."""
+    for this transaction or runs before it, never deadlocks with it.
+
+    The document, or its whole space, may have been deleted since the vectors were written:
+    then they are taken back out, and with the space its namespace, which writing recreated
+    after the delete had dropped it. A delete that commits after this check removes the
+    vectors again itself (``forget_deleted``)."""
     uploader = select(Document.uploaded_by).where(Document.id == document_id).scalar_subquery()
-    done = hold_owners(uploader, space_id) and db.session.execute(
+    space_alive = hold_owners(uploader, space_id)
+    done = space_alive and db.session.execute(
         update(Document).where(Document.id == document_id)
         .values(status="ready", progress=1.0, chunks=len(chunks), tokens=tokens, updated_at=utcnow())
     ).rowcount
-    if not done:  # deleted while we worked: take its vectors back out
+    if not done:
         db.session.rollback()
-        registry().vector_store.delete_document(namespace, str(document_id))
+        store = registry().vector_store
+        if space_alive:
+            plugin_runner(store)(store.delete_document, namespace, str(document_id))
+        else:
+            plugin_runner(store)(store.drop_namespace, namespace)
         return
     db.session.execute(delete(Chunk).where(Chunk.document_id == document_id))
     db.session.execute(insert(Chunk), [
@@ -237,6 +251,25 @@ def forget_document(space_id, document_id):
 def forget_space(space_id):
     """Remove a space's vectors (before its rows are deleted)."""
     plugin_call(registry().vector_store.drop_namespace, str(space_id))
+
+
+def forget_deleted(space_id, document_id=None):
+    """Remove a deleted space's vectors, or one deleted document's, once more after the delete
+    committed. Ingestion may have written them between the first removal and the commit, and
+    then still found its document (``_finish``); one that looks after the commit finds it gone
+    and removes them itself. (A lock cannot keep ingestion out meanwhile: SQLite has no row
+    locks, and the request cannot hold the whole file while the local store, which writes that
+    same file, removes the vectors.) Best effort: the rows are gone and the request succeeds,
+    so a store that fails now is only logged."""
+    store = registry().vector_store
+    try:
+        if document_id is None:
+            store.drop_namespace(str(space_id))
+        else:
+            store.delete_document(str(space_id), str(document_id))
+    except Exception:
+        log.warning("could not remove the vectors of deleted %s %s again", "space" if document_id is None else
+                    "document", document_id or space_id, exc_info=True)
 
 
 def plugin_call(call, *args, what="The vector store", **kwargs):
