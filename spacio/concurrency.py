@@ -20,7 +20,23 @@ def in_real_thread(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     import gevent
 
-    return gevent.get_hub().threadpool.apply(fn, args, kwargs)
+    ok, outcome = gevent.get_hub().threadpool.apply(_outcome, (fn, args, kwargs))
+    if ok:
+        return outcome
+    try:
+        raise outcome
+    finally:
+        outcome = None  # the exception refers to this frame through its traceback: no cycle
+
+
+def _outcome(fn, args, kwargs):
+    """(True, what ``fn`` returned) or (False, what it raised). The caller raises it again:
+    gevent's pool prints every exception that escapes a task to stderr as a raw traceback,
+    even one the caller expects and handles (an encrypted PDF's InvalidInput)."""
+    try:
+        return True, fn(*args, **kwargs)
+    except Exception as exc:
+        return False, exc
 
 
 def plugin_runner(plugin, cpu_bound=True):

@@ -90,7 +90,12 @@ def _ingest_in(app):
         retries = message.options.get("retries", 0) if message is not None else 0
         last_try = retries >= int(app.config["INGEST_MAX_RETRIES"])
         with app.app_context():
-            pipeline.ingest(document_id, last_try=last_try)
+            try:
+                pipeline.ingest(document_id, last_try=last_try)
+            except pipeline.RetryLater as exc:
+                # the pipeline logged why, once (a crash with its traceback): Dramatiq would log
+                # any other exception again with its traceback, a Retry only as "retrying"
+                raise dramatiq.Retry(str(exc)) from exc
 
     ingest_document.__name__ = INGEST_ACTOR
     return ingest_document

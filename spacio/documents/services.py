@@ -131,9 +131,11 @@ def delete(user, space_id, document_id):
     """Delete a document, its file, chunks and vectors. The vectors go first: if the vector
     store is down the request fails and nothing is lost."""
     doc = get(user, space_id, document_id, WRITE)
-    pipeline.forget_document(doc.space_id, doc.id)
+    space_id, document_id = doc.space_id, doc.id
+    pipeline.forget_document(space_id, document_id)
     db.session.delete(doc)
     db.session.commit()
+    pipeline.forget_deleted(space_id, document_id)  # and again: ingestion may have written some meanwhile
 
 
 def reindex(user, space_id, document_id):

@@ -8,8 +8,10 @@ killed half-way, leaves exactly one copy of each chunk.
 
 Failures: a plugin's ``InvalidInput``/``UnsupportedMediaType`` (or any exception from a
 parser or chunker, which only sees the file) fails the document with a reason and is not
-retried. ``UpstreamUnavailable`` and unexpected errors (a database restart) are raised
-for Dramatiq to retry with backoff; on the last try the document fails instead.
+retried. ``UpstreamUnavailable`` and unexpected errors (a database restart) raise
+``RetryLater`` for Dramatiq to retry with backoff; on the last try the document fails
+instead. Each outcome is one log line: an expected failure (an encrypted PDF, a scan) with
+its reason and no traceback, an unexpected one with its traceback (``exc`` in JSON logs).
 """
 
 import logging
@@ -51,9 +53,15 @@ def chunking(space_settings, embedder, config=None):
 
 
 class _Permanent(Exception):
-    def __init__(self, reason, message):
+    """The document fails for good; ``crash`` when a plugin's bug, not the file, said so."""
+
+    def __init__(self, reason, message, crash=False):
         super().__init__(message)
-        self.reason, self.message = reason, message
+        self.reason, self.message, self.crash = reason, message, crash
+
+
+class RetryLater(Exception):
+    """Ingestion failed for a reason that may pass (already logged): try the document again."""
 
 
 def ingest(document_id, *, last_try=False):
@@ -93,6 +101,10 @@ def ingest(document_id, *, last_try=False):
                 metadata={"heading": c.heading, "page_end": c.page_end})
             for i, c in enumerate(chunks)
         ]
+        if db.session.scalar(select(Document.id).where(Document.id == document_id)) is None:
+            db.session.rollback()
+            return  # deleted, alone or with its space, while we worked: write nothing
+        db.session.rollback()  # no transaction stays open while the store is written
         # on a real thread unless the store says cpu_bound = False (pgvector: its pool's queues
         # belong to the gevent hub and break when a real thread uses them)
         plugin_runner(reg.vector_store)(_replace_vectors, reg.vector_store, namespace, int(reg.embedder.dimensions),
@@ -101,21 +113,22 @@ def ingest(document_id, *, last_try=False):
         log.info("ingested document %s: %d pages, %d chunks, %d tokens in %.1f s", document_id,
                  parsed.pages or 0, len(chunks), tokens, time.monotonic() - started)
     except _Permanent as exc:
-        _fail(document_id, exc.reason, exc.message)
+        _fail(document_id, exc.reason, exc.message, crash=exc.__cause__ if exc.crash else None)
     except contracts.PluginError as exc:
         db.session.rollback()
         if exc.retryable and not last_try:
+            log.warning("ingestion of %s will be retried: %s (%s)", document_id, exc.message, exc.reason)
             _set(document_id, status="queued", progress=0.0)
-            raise
+            raise RetryLater(exc.reason) from exc
         _fail(document_id, exc.reason, exc.message)
-    except Exception:
+    except Exception as exc:
         db.session.rollback()
         if not last_try:
             log.warning("ingestion of %s failed; it will be retried", document_id, exc_info=True)
             _set(document_id, status="queued", progress=0.0)
-            raise
-        log.exception("ingestion of %s failed on its last try", document_id)
-        _fail(document_id, "ingestion_error", "Ingestion failed unexpectedly; the server's log has the details.")
+            raise RetryLater(exc.__class__.__name__) from exc
+        _fail(document_id, "ingestion_error", "Ingestion failed unexpectedly; the server's log has the details.",
+              crash=exc)
 
 
 def _parse_and_chunk(reg, parser, blob, size, overlap):
@@ -141,8 +154,8 @@ def _parse_and_chunk(reg, parser, blob, size, overlap):
     except contracts.PluginError as exc:
         raise _Permanent(exc.reason, exc.message) from exc
     except Exception as exc:  # a parser bug on a strange file fails that file, not the worker
-        log.warning("parsing %s failed", blob.filename, exc_info=True)
-        raise _Permanent("parser_error", f"The file could not be read ({exc.__class__.__name__}).") from exc
+        raise _Permanent("parser_error", f"The file could not be read ({exc.__class__.__name__}).",
+                         crash=True) from exc
 
 
 def embedding_input(chunk, title):
@@ -183,15 +196,25 @@ def _finish(document_id, space_id, namespace, chunks, tokens):
     """Mark the document ready and write its chunks and the uploader's usage, in one
     transaction. Rows are locked top down, as requests lock them (the uploader, the space, the
     document, its chunks): deleting the account or the space, or reindexing the space, waits
-    for this transaction or runs before it, never deadlocks with it."""
+    for this transaction or runs before it, never deadlocks with it.
+
+    The document, or its whole space, may have been deleted since the vectors were written:
+    then they are taken back out, and with the space its namespace, which writing recreated
+    after the delete had dropped it. A delete that commits after this check removes the
+    vectors again itself (``forget_deleted``)."""
     uploader = select(Document.uploaded_by).where(Document.id == document_id).scalar_subquery()
-    done = hold_owners(uploader, space_id) and db.session.execute(
+    space_alive = hold_owners(uploader, space_id)
+    done = space_alive and db.session.execute(
         update(Document).where(Document.id == document_id)
         .values(status="ready", progress=1.0, chunks=len(chunks), tokens=tokens, updated_at=utcnow())
     ).rowcount
-    if not done:  # deleted while we worked: take its vectors back out
+    if not done:
         db.session.rollback()
-        registry().vector_store.delete_document(namespace, str(document_id))
+        store = registry().vector_store
+        if space_alive:
+            plugin_runner(store)(store.delete_document, namespace, str(document_id))
+        else:
+            plugin_runner(store)(store.drop_namespace, namespace)
         return
     db.session.execute(delete(Chunk).where(Chunk.document_id == document_id))
     db.session.execute(insert(Chunk), [
@@ -209,9 +232,14 @@ def _set(document_id, **values):
     db.session.commit()
 
 
-def _fail(document_id, reason, message):
+def _fail(document_id, reason, message, crash=None):
+    """The document fails with ``reason``: one log line, with the traceback of ``crash`` (an
+    unexpected exception) when there is one."""
     db.session.rollback()
-    log.info("document %s failed: %s", document_id, reason)
+    if crash is None:
+        log.info("document %s failed: %s", document_id, reason)
+    else:
+        log.error("document %s failed: %s", document_id, reason, exc_info=crash)
     _set(document_id, status="failed", progress=0.0, error_reason=reason, error_message=message)
 
 
@@ -223,6 +251,25 @@ def forget_document(space_id, document_id):
 def forget_space(space_id):
     """Remove a space's vectors (before its rows are deleted)."""
     plugin_call(registry().vector_store.drop_namespace, str(space_id))
+
+
+def forget_deleted(space_id, document_id=None):
+    """Remove a deleted space's vectors, or one deleted document's, once more after the delete
+    committed. Ingestion may have written them between the first removal and the commit, and
+    then still found its document (``_finish``); one that looks after the commit finds it gone
+    and removes them itself. (A lock cannot keep ingestion out meanwhile: SQLite has no row
+    locks, and the request cannot hold the whole file while the local store, which writes that
+    same file, removes the vectors.) Best effort: the rows are gone and the request succeeds,
+    so a store that fails now is only logged."""
+    store = registry().vector_store
+    try:
+        if document_id is None:
+            store.drop_namespace(str(space_id))
+        else:
+            store.delete_document(str(space_id), str(document_id))
+    except Exception:
+        log.warning("could not remove the vectors of deleted %s %s again", "space" if document_id is None else
+                    "document", document_id or space_id, exc_info=True)
 
 
 def plugin_call(call, *args, what="The vector store", **kwargs):

@@ -37,6 +37,7 @@ class HashEmbedderOptions(Schema):
     max_tokens = fields.Integer(load_default=512, validate=validate.Range(1, 1_000_000))
     max_batch_size = fields.Integer(load_default=32, validate=validate.Range(1, 10_000))
     delay_ms = fields.Integer(load_default=0, validate=validate.Range(0, 600_000))
+    crash_on = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1))
 
 
 def _bucket(feature: str) -> int:
@@ -51,7 +52,8 @@ class HashEmbedder:
     cut after its ``max_tokens``-th token. ``delay_ms`` makes every ``embed_documents``
     call (one host batch of at most ``max_batch_size`` texts) sleep that long, so a test
     can keep a worker busy in the middle of a document and kill it there; ``embed_query``
-    is not delayed, so searches stay fast."""
+    is not delayed, so searches stay fast. ``crash_on`` makes ``embed_documents`` raise
+    ``RuntimeError`` for a batch with a text that contains it, as a plugin's bug would."""
 
     options_schema = HashEmbedderOptions
     model = "hashing-v1"
@@ -60,13 +62,14 @@ class HashEmbedder:
     grounded_min_similarity = 0.3
 
     def __init__(self, *, dimensions: int = 64, max_tokens: int = 512, max_batch_size: int = 32,
-                 delay_ms: int = 0) -> None:
+                 delay_ms: int = 0, crash_on: str | None = None) -> None:
         if dimensions < 2 or max_tokens < 1 or max_batch_size < 1 or delay_ms < 0:
             raise ValueError("dimensions >= 2, max_tokens >= 1, max_batch_size >= 1 and delay_ms >= 0 are required")
         self.dimensions = dimensions
         self.max_tokens = max_tokens
         self.max_batch_size = max_batch_size
         self.delay_ms = delay_ms
+        self.crash_on = crash_on
         self.tokenizer = RegexTokenizer()
 
     def __repr__(self) -> str:
@@ -75,6 +78,8 @@ class HashEmbedder:
     def embed_documents(self, texts: Sequence[str]) -> Embeddings:
         if self.delay_ms:
             time.sleep(self.delay_ms / 1000)
+        if self.crash_on and any(self.crash_on in text for text in texts):
+            raise RuntimeError(f"the hashing embedder crashed on purpose on {self.crash_on!r}")
         return self._embed(texts)
 
     def embed_query(self, text: str) -> Embeddings:

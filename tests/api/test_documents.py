@@ -20,12 +20,13 @@ from urllib.parse import unquote
 import pytest
 from pypdf import PdfWriter
 from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from spacio.documents.models import STATUSES, Chunk, Document, DocumentFile
 from spacio.extensions import db
 from spacio.jobs import jobs
 from spacio.rag import contracts, pipeline, registry
+from spacio.rag.builtins.local_store import LocalVectorStore
 from tests.api.helpers import (assert_pagination, count_rows, hold_row, lock_waits, pagination_of, parse_timestamp,
                                space_url)
 from tests.conftest import ApiClient, assert_error
@@ -905,3 +906,98 @@ def test_a_request_and_the_worker_lock_rows_in_one_order(client, alice, bob, spa
         after = get_document(client, alice, space_id, document["id"])
         assert after["status"] == "ready" and after["chunks"] == document["chunks"]
         assert_one_copy_of_each_chunk(app, space_id, after)
+
+
+class GatedStore:
+    """The real vector store, with two places where a test holds its caller: the worker's
+    write of a document (before ``ensure_namespace``) and the removal of vectors in the thread
+    ``removal_in`` (after ``drop_namespace`` or ``delete_document``)."""
+
+    def __init__(self, real):
+        self.real = real
+        self.write, self.removal = threading.Event(), threading.Event()  # set: let go
+        self.write.set()
+        self.removal.set()
+        self.writing, self.removed = threading.Event(), threading.Event()  # set: a caller is held
+        self.removal_in = None
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def ensure_namespace(self, namespace, dimensions):
+        if not self.write.is_set():
+            self.writing.set()
+            assert self.write.wait(30)
+        return self.real.ensure_namespace(namespace, dimensions)
+
+    def _removal(self, remove, *args):
+        remove(*args)
+        if threading.current_thread() is self.removal_in:
+            self.removed.set()
+            assert self.removal.wait(30)
+
+    def drop_namespace(self, namespace):
+        self._removal(self.real.drop_namespace, namespace)
+
+    def delete_document(self, namespace, document_id):
+        self._removal(self.real.delete_document, namespace, document_id)
+
+
+def stored(app, namespace, document_id=None):
+    """(whether the store has the namespace at all, even empty, and its rows or the document's),
+    read from the store's own tables: its count() says 0 for a namespace that is not there."""
+    store = registry(app).vector_store
+    store = getattr(store, "real", store)
+    if isinstance(store, LocalVectorStore):
+        registered, rows = "vs_local_namespaces", "vs_local_records"
+    else:  # pgvector, in the app's database; the hashing embedder's 64 dimensions
+        registered, rows = f"{store.prefix}_namespaces", f"{store.prefix}_64"
+    where = " AND document_id = :d" if document_id else ""
+    with app.app_context(), db.engine.connect() as connection:
+        exists = connection.scalar(text(f"SELECT count(*) FROM {registered} WHERE namespace = :n"), {"n": namespace})
+        count = connection.scalar(text(f"SELECT count(*) FROM {rows} WHERE namespace = :n{where}"),
+                                  {"n": namespace, "d": str(document_id)})
+    return bool(exists), count
+
+
+@pytest.mark.parametrize("moment", ["before the worker writes", "between the removal and the commit"])
+@pytest.mark.parametrize("operation", ["delete the space", "delete the document"])
+def test_a_delete_while_the_worker_writes_leaves_nothing_in_the_store(client, alice, space, operation, moment):
+    """The worker has embedded a document and is about to write its vectors when the space (or
+    the document) is deleted; or the delete has removed the vectors, and the worker writes and
+    finishes before the delete commits. Either way nothing of it is left in the vector store:
+    the worker had recreated the dropped namespace (empty: it took its own rows back out), or
+    kept its vectors, found the space still there and marked the document ready."""
+    app, space_id = client.app, space["id"]
+    store = registry(app).vector_store = GatedStore(registry(app).vector_store)
+    client.document(alice, space_id, prose("reefs").encode(), "reefs.txt")  # the namespace exists
+    store.write.clear()
+    document_id = client.upload(alice, space_id, (prose("tides").encode(), "tides.txt")).json["documents"][0]["id"]
+    assert store.writing.wait(30), "the worker never came to write"
+    url = space_url(space_id) if operation == "delete the space" else docs_url(space_id, document_id)
+
+    if moment == "before the worker writes":
+        assert client.delete(url, headers=alice.headers).status_code == 204
+        store.write.set()
+    else:
+        store.removal.clear()
+        outcome = {}
+        request = store.removal_in = threading.Thread(
+            target=lambda: outcome.update(status=client.delete(url, headers=alice.headers).status_code))
+        request.start()
+        assert store.removed.wait(30), "the delete never removed the vectors"
+        store.write.set()
+        wait_for(lambda: count_rows(app, Document, id=uuid.UUID(document_id), status="ready"), 30,
+                 what="the worker to finish the document")
+        store.removal.set()
+        request.join(30)
+        assert outcome == {"status": 204}
+    client.ingested()
+
+    assert count_rows(app, Document, id=uuid.UUID(document_id)) == 0
+    assert count_rows(app, Chunk, document_id=uuid.UUID(document_id)) == 0
+    if operation == "delete the space":
+        assert stored(app, space_id) == (False, 0)
+    else:
+        assert stored(app, space_id, document_id) == (True, 0)
+        assert stored(app, space_id)[1] == vectors(app, space_id) > 0  # the other document's

@@ -6,7 +6,7 @@ import time
 import uuid
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from spacio.documents.models import Chunk
 from spacio.extensions import db
@@ -134,3 +134,32 @@ def test_an_unreachable_service_is_retried_then_fails_with_its_reason(web, worke
         from spacio.documents.models import Document
 
         assert db.session.get(Document, uuid.UUID(document_id)).attempts == 3  # first try + 2 retries
+
+
+def test_a_reindexed_space_is_found_again_and_a_deleted_one_leaves_no_rows(web, workers, tmp_path):
+    """The web drops a space's namespace (reindex, delete) that a worker process has written
+    before and still remembers. Its next write registered nothing, trusting that memory: the
+    web's searches then found nothing in the reindexed space, and its drop of a deleted space
+    left the rows behind."""
+    client = web()
+    owner = client.user("owner@example.com")
+    space_id = client.space(owner)["id"]
+    workers(worker_env(tmp_path, EMBEDDER="hashing"))
+
+    def ready(document_id):
+        return wait_for(lambda: (d := status(client, owner, space_id, document_id))["status"] == "ready" and d,
+                        timeout=60, what="the document to be ready")
+
+    first = client.upload(owner, space_id, (text_of(20), "first.txt")).json["documents"][0]["id"]
+    ready(first)
+    assert client.post(f"/api/v1/spaces/{space_id}/reindex", headers=owner.headers).status_code == 202
+    done = ready(first)  # the reindex set it queued before it answered
+    found = client.post(f"/api/v1/spaces/{space_id}/search", headers=owner.headers,
+                        json={"query": "Paragraph 3 talks about topic 3", "mode": "keyword"})
+    assert found.status_code == 200 and found.json["hits"], found.json
+
+    assert client.delete(f"/api/v1/spaces/{space_id}", headers=owner.headers).status_code == 204
+    with client.app.app_context():
+        prefix = registry().vector_store.prefix
+        left = db.session.scalar(text(f"SELECT count(*) FROM {prefix}_64 WHERE namespace = :n"), {"n": space_id})
+    assert left == 0 and done["chunks"] > 0

@@ -115,9 +115,18 @@ def test_delay_applies_to_document_batches_not_queries():
     assert time.perf_counter() - start < 0.1
 
 
+def test_crash_on_raises_for_a_batch_with_the_word_only():
+    embedder = HashEmbedder(crash_on="kaboom")
+    assert embedder.embed_documents(["harmless"]).vectors.shape == (1, 64)
+    with pytest.raises(RuntimeError, match="on purpose"):
+        embedder.embed_documents(["harmless", "this says kaboom"])
+    assert embedder.embed_query("kaboom").vectors.shape == (1, 64)  # queries never crash
+
+
 def test_options_schema_defaults_and_limits():
     schema = HashEmbedder.options_schema()
-    assert schema.load({}) == {"dimensions": 64, "max_tokens": 512, "max_batch_size": 32, "delay_ms": 0}
+    assert schema.load({}) == {"dimensions": 64, "max_tokens": 512, "max_batch_size": 32, "delay_ms": 0,
+                               "crash_on": None}
     assert HashEmbedder(**schema.load({"dimensions": "32", "delay_ms": "5"})).dimensions == 32
     with pytest.raises(ValidationError):
         schema.load({"dimensions": 1})

@@ -457,14 +457,22 @@ class PgVectorStore:
             sql.Identifier(f"{name}_ns"), keywords))
 
     def _dimensions(self, conn: psycopg.Connection, namespace: str) -> int | None:
+        """The namespace's dimensions, from this process's cache when it has them (a namespace
+        another process dropped meanwhile then reads as an empty one)."""
         dimensions = self._namespaces.get(namespace)
         if dimensions is None:
-            row = conn.execute(sql.SQL("SELECT dimensions FROM {} WHERE namespace = %s").format(
-                sql.Identifier(f"{self.prefix}_namespaces")), (namespace,)).fetchone()
-            if row is None:
-                return None
-            dimensions = self._namespaces[namespace] = row[0]
+            dimensions = self._registered(conn, namespace)
         return dimensions
+
+    def _registered(self, conn: psycopg.Connection, namespace: str) -> int | None:
+        """The namespace's dimensions as the registry has them now (cached for ``_dimensions``)."""
+        row = conn.execute(sql.SQL("SELECT dimensions FROM {} WHERE namespace = %s").format(
+            sql.Identifier(f"{self.prefix}_namespaces")), (namespace,)).fetchone()
+        if row is None:
+            self._namespaces.pop(namespace, None)
+            return None
+        self._namespaces[namespace] = row[0]
+        return row[0]
 
     # ------------------------------------------------------------------ writes
 
@@ -479,7 +487,10 @@ class PgVectorStore:
         """Create the table and the namespace if needed; returns what to cache once committed
         and the table's registry facts."""
         info = self._ensure_table(conn, dimensions)
-        known = self._dimensions(conn, namespace)
+        # the registry, not this process's cache: another process may have dropped the namespace
+        # since (a space deleted or reindexed by the web), and rows written without their
+        # registry row would be invisible to every other process, and never dropped by it
+        known = self._registered(conn, namespace)
         if known is None:
             known = conn.execute(sql.SQL(
                 "INSERT INTO {} VALUES (%s, %s) ON CONFLICT (namespace) DO UPDATE SET namespace = EXCLUDED.namespace "

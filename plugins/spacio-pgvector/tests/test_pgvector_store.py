@@ -373,6 +373,29 @@ def test_two_stores_on_one_table_see_each_other(database_url, prefixes):
     second.close()
 
 
+def test_a_namespace_another_process_dropped_is_registered_again_by_the_next_write(database_url, prefixes, admin):
+    """A worker process remembers a space's namespace; the web drops it (the space is deleted
+    or reindexed); the worker writes again. The write must register the namespace again, not
+    trust its cache: rows without their registry row were invisible to the web's searches, and
+    the web's drop of the deleted space left them behind for good."""
+    prefix = prefixes("stale")
+    worker, web = (PgVectorStore(database_url=database_url, table_prefix=prefix) for _ in range(2))
+    vectors = unit(np.random.default_rng(2).normal(size=(4, 8)))
+    worker.ensure_namespace("ns", 8)
+    worker.upsert("ns", as_records("before", vectors[:2]))
+    web.drop_namespace("ns")
+
+    worker.ensure_namespace("ns", 8)
+    worker.upsert("ns", as_records("after", vectors[2:], texts=["tides and moons", "tides again"]))
+    assert web.count("ns") == 2
+    assert len(web.search("ns", text="tides", limit=5)) == 2
+    web.drop_namespace("ns")
+    assert table_rows(admin, f"{prefix}_8", "SELECT count(*) FROM {} WHERE namespace = 'ns'") == [(0,)]
+    assert worker.count("ns") == 0
+    worker.close()
+    web.close()
+
+
 def test_concurrent_schema_creation_and_traffic(database_url, prefixes):
     """Several processes' stores creating the same tables at once, then writing and reading."""
     prefix = prefixes("concurrent")

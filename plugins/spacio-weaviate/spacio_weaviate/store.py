@@ -133,7 +133,20 @@ def off_the_gevent_hub(work: Callable[[], T]) -> T:
     hub = get_hub_if_exists()
     if hub is None or not hub.main_hub:
         return work()
-    return hub.threadpool.apply(work)
+    ok, outcome = hub.threadpool.apply(_outcome, (work,))
+    if ok:
+        return outcome
+    try:
+        raise outcome  # here, in the caller: gevent's pool prints what escapes a task to stderr
+    finally:
+        outcome = None
+
+
+def _outcome(work: Callable[[], T]) -> tuple[bool, Any]:
+    try:
+        return True, work()
+    except Exception as exc:
+        return False, exc
 
 
 def tenant_name(namespace: str) -> str:

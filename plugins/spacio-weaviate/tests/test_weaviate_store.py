@@ -481,6 +481,35 @@ def test_grpc_calls_do_not_stall_a_gevent_worker(standin):
         probe.communicate()
 
 
+GEVENT_ERROR_PROBE = """
+from gevent import monkey; monkey.patch_all()
+import sys, gevent
+from spacio.rag.contracts import UpstreamUnavailable
+from spacio_weaviate import WeaviateVectorStore
+store = WeaviateVectorStore(url=sys.argv[1], grpc_port=int(sys.argv[2]), skip_init_checks=True)
+gevent.sleep(0)  # the hub exists, as in a gevent worker
+try:
+    store.search("down", vector=[1.0, 0.0, 0.0, 0.0], limit=1)
+except UpstreamUnavailable:
+    print("unavailable", flush=True)
+store.close()
+"""
+
+
+def test_an_error_off_the_gevent_hub_is_raised_in_the_caller_not_printed():
+    """gevent's thread pool prints every exception that escapes a task to stderr, a raw
+    traceback next to the host's JSON log line though the caller handles it (Weaviate down)."""
+    import subprocess
+    import sys
+
+    down = WeaviateStandin().start()
+    down.stop()
+    probe = subprocess.run([sys.executable, "-c", GEVENT_ERROR_PROBE, down.url, str(down.grpc_port)],
+                           capture_output=True, text=True, timeout=60)
+    assert probe.returncode == 0 and probe.stdout.strip() == "unavailable", probe.stderr
+    assert "Traceback" not in probe.stderr, probe.stderr
+
+
 # --------------------------------------------------------------------------- options
 
 
