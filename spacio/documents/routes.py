@@ -1,6 +1,6 @@
 from urllib.parse import quote
 
-from flask import Response, request
+from flask import Response
 from flask.views import MethodView
 from flask_jwt_extended import current_user
 
@@ -42,9 +42,7 @@ class Documents(MethodView):
 
         One entry per file, in order. Unsupported or oversized files get a `failed` entry;
         the request answers 415/413 only when every file is rejected."""
-        if request.mimetype != "multipart/form-data":
-            raise UnsupportedMediaType("Upload files as multipart/form-data in the field 'files'.")
-        documents, count = services.add_documents(current_user, space_id, data.get("files") or [])
+        documents, count = services.add_documents(current_user, space_id, data["files"])
         rejected = services.all_rejected(documents)
         if rejected:
             details = {"files": [{"filename": d.filename, "document_id": str(d.id), **d.error} for d in documents]}

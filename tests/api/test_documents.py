@@ -497,6 +497,21 @@ def test_more_files_than_allowed_is_422_and_nothing_is_stored(client, alice, spa
     assert client.upload(alice, space["id"], *files[:limit]).json["ingestion"] == {"count": limit}
 
 
+def test_an_upload_without_files_is_422_as_the_spec_says(client, alice, space):
+    """The spec allowed a multipart body without `files`, which the server refuses."""
+    spec = client.get("/api/v1/openapi.json").json
+    body = spec["paths"]["/api/v1/spaces/{space_id}/documents"]["post"]["requestBody"]
+    schema = body["content"]["multipart/form-data"]["schema"]
+    schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]] if "$ref" in schema else schema
+    assert body["required"] and schema["required"] == ["files"] and schema["properties"]["files"]["minItems"] == 1
+
+    for data in ({}, {"note": "no files"}):
+        response = client.post(docs_url(space["id"]), data=data, content_type="multipart/form-data",
+                               headers=alice.headers)
+        assert "files" in assert_error(response, 422, "validation_error")["errors"]
+    assert count_rows(client.app, Document) == 0
+
+
 def test_the_body_must_be_multipart_with_files(client, alice, space):
     assert_error(client.post(docs_url(space["id"]), json={"files": ["a.txt"]}, headers=alice.headers), 415,
                  "unsupported_media_type")
