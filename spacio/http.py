@@ -95,9 +95,15 @@ class Blueprint(flask_smorest.Blueprint):
                                   '"page": 1, "next_page": 2, "page_size": 50}'},
         }
 
-    def arguments(self, schema, *, location="json", **kwargs):
-        parse = super().arguments(schema, location=location, **kwargs)
-        if location != "json":
+    def arguments(self, schema, *, location="json", required=True, **kwargs):
+        """smorest's arguments, holding requests to what the spec says of their body: a JSON
+        body is sent as JSON (415); a required one (smorest's default) is sent at all (400
+        ``invalid_json``: webargs reads a missing body as ``{}``, which an operation whose
+        fields are all optional would accept); files come as multipart/form-data (415).
+        A chunked JSON body is read here (within its limit; webargs reuses it) to tell an
+        empty one from one that was sent."""
+        parse = super().arguments(schema, location=location, required=required, **kwargs)
+        if location not in ("json", "files"):
             return parse
 
         def decorator(view):
@@ -105,12 +111,19 @@ class Blueprint(flask_smorest.Blueprint):
 
             @functools.wraps(parsed)
             def checked(*args, **kw):
-                if (request.content_length or 0) > 0 or request.headers.get("Transfer-Encoding"):
-                    if not _is_json(request.mimetype):
-                        raise errors.UnsupportedMediaType("Send the request body as application/json.")
+                has_body = (request.content_length or 0) > 0
+                if not has_body and request.headers.get("Transfer-Encoding") and location == "json":
+                    has_body = bool(request.get_data(cache=True))
+                if location == "files":
+                    if request.mimetype != "multipart/form-data":
+                        raise errors.UnsupportedMediaType("Upload files as multipart/form-data in the field 'files'.")
+                elif has_body and not _is_json(request.mimetype):
+                    raise errors.UnsupportedMediaType("Send the request body as application/json.")
+                elif not has_body and required:
+                    raise errors.SpacioError("This request needs a JSON body.", reason="invalid_json")
                 return parsed(*args, **kw)
 
-            return self.errors(415)(checked)
+            return self.errors(415)(checked) if location == "files" else self.errors(400, 413, 415)(checked)
 
         return decorator
 

@@ -1,6 +1,6 @@
 from urllib.parse import quote
 
-from flask import Response, request
+from flask import Response
 from flask.views import MethodView
 from flask_jwt_extended import current_user
 
@@ -9,6 +9,7 @@ from spacio.documents import schemas, services
 from spacio.errors import SpacioError, UnsupportedMediaType
 from spacio.extensions import db
 from spacio.http import Blueprint, paginate
+from spacio.rag.sniff import JSON, SUPPORTED
 
 blp = Blueprint("documents", __name__, url_prefix="/api/v1/spaces",
                 description="Documents: upload, ingestion status, original files, chunks")
@@ -41,9 +42,7 @@ class Documents(MethodView):
 
         One entry per file, in order. Unsupported or oversized files get a `failed` entry;
         the request answers 415/413 only when every file is rejected."""
-        if request.mimetype != "multipart/form-data":
-            raise UnsupportedMediaType("Upload files as multipart/form-data in the field 'files'.")
-        documents, count = services.add_documents(current_user, space_id, data.get("files") or [])
+        documents, count = services.add_documents(current_user, space_id, data["files"])
         rejected = services.all_rejected(documents)
         if rejected:
             details = {"files": [{"filename": d.filename, "document_id": str(d.id), **d.error} for d in documents]}
@@ -70,17 +69,26 @@ class DocumentById(MethodView):
         services.delete(current_user, space_id, document_id)
 
 
+# The original bytes are sent with the document's media type. A file is kept only when it
+# sniffed as one of the supported types (services._store), so these are all a download can be.
+# Its bytes are unchanged: a JSON document is whatever JSON the client uploaded.
+_ORIGINAL_FILE = {media_type: {"schema": {} if media_type == JSON else {"type": "string", "format": "binary"}}
+                  for media_type in sorted(SUPPORTED)}
+
+
 @blp.route("/<uuid:space_id>/documents/<uuid:document_id>/file")
 @blp.login_required
-@blp.response(200, {"format": "binary", "type": "string"}, content_type="application/octet-stream",
-              description="the original bytes, with their media type")
+@blp.response(200, description="the original bytes, with the document's media type (`media_type`)")
+@blp.doc(responses={200: {"content": _ORIGINAL_FILE, "headers": {"Content-Disposition": {
+    "description": "`attachment` with the document's filename (`filename*`, UTF-8; `filename`, an ASCII fallback)",
+    "required": True, "schema": {"type": "string"}}}}})
 @blp.errors(404)
 def document_file(space_id, document_id):
     """Download the original file"""
     doc, data = services.original(current_user, space_id, document_id)
     ascii_name = doc.filename.encode("ascii", "replace").decode().replace('"', "'").replace("?", "_")
     headers = {
-        "Content-Type": doc.media_type or "application/octet-stream",
+        "Content-Type": doc.media_type,
         "Content-Disposition": f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(doc.filename)}",
         "X-Content-Type-Options": "nosniff",
         "Cache-Control": "private, no-store",

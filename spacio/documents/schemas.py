@@ -38,7 +38,8 @@ class UploadResultSchema(ma.Schema):
 
 
 class UploadSchema(ma.Schema):
-    files = ma.fields.List(Upload(), metadata={"description": "one or more files (at most 20, 25 MB each)"})
+    files = ma.fields.List(Upload(), required=True, validate=ma.validate.Length(min=1),
+                           metadata={"description": "one or more files (by default at most 20, 25 MB each)"})
 
 
 class DocumentQuerySchema(ma.Schema):

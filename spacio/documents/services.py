@@ -28,9 +28,6 @@ def add_documents(user, space_id, files):
     over the size limit gives a ``failed`` document whose bytes are not kept."""
     space = access(user, space_id, WRITE)
     limit = int(current_app.config["UPLOAD_MAX_FILES"])
-    if not files:
-        raise Invalid("Send one or more files in the multipart field 'files'.",
-                      errors={"files": ["Missing data for required field."]})
     if len(files) > limit:
         raise Invalid(f"At most {limit} files per request.", reason="too_many_files",
                       errors={"files": [f"Longer than maximum length {limit}."]})

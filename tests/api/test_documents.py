@@ -264,6 +264,29 @@ def test_download_returns_the_exact_bytes_with_the_media_type_from_the_content(c
     assert content_disposition(response) == ("attachment", "greeting.txt", "greeting.txt")
 
 
+def test_every_download_has_a_media_type_the_spec_documents(client, alice, space):
+    """The spec said application/octet-stream; the file is sent with its own type."""
+    files = [(b"Plain words.", "a.txt"), (b"# Title\n\nSome *words*.", "b.md"),
+             (b"<!DOCTYPE html><html><body><p>Words.</p></body></html>", "c.html"), (b'{"words": [1, 2]}', "d.json"),
+             (pdf("Words on a page."), "e.pdf"),
+             (hostile_docx(b"<w:document " + W_NS + b"><w:body><w:p><w:r><w:t>Words.</w:t></w:r></w:p></w:body>"
+                           b"</w:document>"), "f.docx")]
+    response = client.upload(alice, space["id"], *files)
+    assert response.status_code == 202, response.json
+    spec = client.get("/api/v1/openapi.json").json
+    documented = spec["paths"]["/api/v1/spaces/{space_id}/documents/{document_id}/file"]["get"]["responses"]["200"]
+
+    sent = set()
+    for (data, name), document in zip(files, response.json["documents"]):
+        download = client.get(docs_url(space["id"], document["id"], "file"), headers=alice.headers)
+        assert download.status_code == 200 and download.get_data() == data, name
+        assert download.headers["Content-Type"] == document["media_type"], name
+        assert download.headers["Content-Type"] in documented["content"], (name, list(documented["content"]))
+        assert download.headers["Content-Disposition"] and "Content-Disposition" in documented["headers"]
+        sent.add(document["media_type"])
+    assert sent == set(documented["content"])  # and every documented type is one a document can have
+
+
 @pytest.mark.parametrize("sent, stored", [
     ("Résumé 2024 – 数据.txt", "Résumé 2024 – 数据.txt"),
     ("../../etc/passwd", "passwd"),
@@ -473,6 +496,21 @@ def test_more_files_than_allowed_is_422_and_nothing_is_stored(client, alice, spa
     assert "files" in body["errors"]
     assert count_rows(client.app, Document) == 0
     assert client.upload(alice, space["id"], *files[:limit]).json["ingestion"] == {"count": limit}
+
+
+def test_an_upload_without_files_is_422_as_the_spec_says(client, alice, space):
+    """The spec allowed a multipart body without `files`, which the server refuses."""
+    spec = client.get("/api/v1/openapi.json").json
+    body = spec["paths"]["/api/v1/spaces/{space_id}/documents"]["post"]["requestBody"]
+    schema = body["content"]["multipart/form-data"]["schema"]
+    schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]] if "$ref" in schema else schema
+    assert body["required"] and schema["required"] == ["files"] and schema["properties"]["files"]["minItems"] == 1
+
+    for data in ({}, {"note": "no files"}):
+        response = client.post(docs_url(space["id"]), data=data, content_type="multipart/form-data",
+                               headers=alice.headers)
+        assert "files" in assert_error(response, 422, "validation_error")["errors"]
+    assert count_rows(client.app, Document) == 0
 
 
 def test_the_body_must_be_multipart_with_files(client, alice, space):

@@ -1,6 +1,7 @@
 """One error body for every source of errors (API.md, "Errors")."""
 
 import logging
+import re
 
 import pytest
 
@@ -39,6 +40,34 @@ def test_non_json_body_is_415(client):
 def test_invalid_json_is_400(client):
     response = client.post("/api/v1/auth/login", data="{not json", content_type="application/json")
     assert_error(response, 400, "invalid_json")
+
+
+def required_json_bodies(spec):
+    """(method, path) of every operation whose spec says it takes a required JSON body."""
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            body = operation.get("requestBody") if isinstance(operation, dict) else None
+            if body and body.get("required") and "application/json" in body["content"]:
+                yield method.upper(), path
+
+
+@pytest.mark.parametrize("content_type", [None, "application/json"])
+def test_a_required_json_body_that_is_missing_is_400_everywhere(client, content_type):
+    """The spec marks these bodies required; an operation whose fields are all optional
+    (PATCH /spaces/{space_id}) answered 200 to a request without one."""
+    alice = client.user("alice@example.com")
+    space = client.space(alice)
+    spec = client.get("/api/v1/openapi.json").json
+    operations = sorted(required_json_bodies(spec))
+    assert ("PATCH", "/api/v1/spaces/{space_id}") in operations and len(operations) >= 15, operations
+    for method, path in operations:
+        url = re.sub(r"\{\w+\}", space["id"], path)  # the one id that exists; 400 comes first anyway
+        response = client.open(url, method=method, headers=alice.headers, content_type=content_type)
+        assert response.status_code == 400, (method, path, response.status_code, response.json)
+        assert_error(response, 400, "invalid_json")
+        assert "400" in spec["paths"][path][method.lower()]["responses"], f"{method} {path} does not document 400"
+    renamed = client.patch(f"/api/v1/spaces/{space['id']}", json={}, headers=alice.headers)
+    assert renamed.status_code == 200 and renamed.json["name"] == space["name"]  # an empty object is a body
 
 
 def test_validation_errors_are_422_per_field(client):

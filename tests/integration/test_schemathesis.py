@@ -2,13 +2,14 @@
 
 Every generated request must get a documented status with a body and headers that match
 the spec: no 5xx, no response that violates the spec. Path parameters are sometimes
-replaced by ids that exist (the caller's space, a member, an invite), so the fuzzer gets
-past the 404 of a random UUID and into the handlers.
+replaced by ids that exist (the caller's space, a member, an invite, a document), so the
+fuzzer gets past the 404 of a random UUID and into the handlers. Every check schemathesis has
+runs (the CLI's ``--checks all``).
 
 As in the live test (``test_schemathesis_live.py``), the operations that end the caller's
-session or account run as throwaway users, and deleting the real space deletes a throwaway
-space instead: the real token and ids stay valid for every case, so every operation is fuzzed
-past authentication instead of seeing only 401 after the first logout.
+session or account run as throwaway users, and deleting the real space or document deletes a
+throwaway one instead: the real token and ids stay valid for every case, so every operation is
+fuzzed past authentication instead of seeing only 401 after the first logout.
 """
 
 import hypothesis.strategies as st
@@ -40,11 +41,19 @@ def api_schema(make_app, database):
     invite = client.post(f"/api/v1/spaces/{space['id']}/invites", json={"emails": ["carol@example.com"]},
                          headers=alice.headers).json[0]
     REAL_IDS.update(space_id=space["id"], user_id=bob.id, invite_id=invite["id"],
-                    headers=alice.headers)
+                    document_id=upload(client, alice, space["id"], "notes.md"), headers=alice.headers)
     schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", app)
+    schema.config.checks.update(included_check_names=["all"])  # the CLI's --checks all
     # as in the live test: unknown query parameters are ignored by design
     schema.config.generation.update(allow_extra_parameters=False)
     return schema
+
+
+def upload(client, user, space_id, filename):
+    """Upload one Markdown file; returns its document's id."""
+    response = client.upload(user, space_id, (f"# {filename}\n\nSome words about {filename}.\n".encode(), filename))
+    assert response.status_code == 202, response.json
+    return response.json["documents"][0]["id"]
 
 
 @schemathesis.hook
@@ -72,4 +81,8 @@ def test_api_conforms_to_its_spec(case):
     elif operation == ("DELETE", "/api/v1/spaces/{space_id}") and \
             case.path_parameters.get("space_id") == REAL_IDS["space_id"]:
         case.path_parameters["space_id"] = client.space(CLIENT["owner"], "Throwaway")["id"]
+    elif operation == ("DELETE", "/api/v1/spaces/{space_id}/documents/{document_id}") and \
+            case.path_parameters.get("document_id") == REAL_IDS["document_id"]:
+        case.path_parameters["document_id"] = upload(client, CLIENT["owner"], REAL_IDS["space_id"],
+                                                     f"throwaway-{case.id}.md")
     case.call_and_validate(headers=headers, excluded_checks=live.excluded_checks(case))

@@ -2,18 +2,21 @@
 command (gunicorn, gevent worker) on the test PostgreSQL + Redis, over real HTTP.
 
 The operations come from the server's own ``/api/v1/openapi.json``. Users are registered and
-logged in over HTTP; path parameters are sometimes replaced by ids that exist (the strategies
-of the in-process test, ``test_schemathesis.py``), so the fuzzer gets past the 404 of a random
-UUID. Every response must have a documented status, body and headers: no 5xx, no spec
-violation. Rate limiting stays on (raised for the fuzzing client, which sends thousands of
-requests from one address and one user).
+logged in over HTTP; path parameters are sometimes replaced by ids that exist (a space, a
+member, an invite, a document: the strategies of the in-process test, ``test_schemathesis.py``),
+so the fuzzer gets past the 404 of a random UUID. Every check schemathesis has runs (the CLI's
+``--checks all``): no 5xx; a documented status, Content-Type, body and headers; schema-violating
+data refused and schema-valid data accepted (except where a rule the schema cannot express
+applies, see ``excluded_checks``). Rate limiting stays on (raised for the fuzzing client, which
+sends thousands of requests from one address and one user).
 
 Unlike the in-process test, the real token stays valid for the whole run: operations that
-end the caller's session run as throwaway users (see SESSION_ENDERS), so every operation is
-fuzzed past authentication.
+end the caller's session run as throwaway users (see SESSION_ENDERS), and deleting the real
+space or document deletes a throwaway one, so every operation is fuzzed past authentication.
 """
 
 import pytest
+import requests
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.core.parameters import ParameterLocation
@@ -67,6 +70,15 @@ def live_server(database, tmp_path, unused_port):
     assert "Traceback" not in output, output[-5000:]
 
 
+def upload(web, token, space_id, filename):
+    """Upload one Markdown file; returns its document's id (no worker runs: it stays queued)."""
+    response = requests.post(f"{web.root}/api/v1/spaces/{space_id}/documents", timeout=30,
+                             headers={"Authorization": f"Bearer {token}"},
+                             files={"files": (filename, f"# {filename}\n\nSome words about {filename}.\n".encode())})
+    assert response.status_code == 202, response.text
+    return response.json()["documents"][0]["id"]
+
+
 def login(web, email, name):
     status, body = web.call("POST", "/api/v1/auth/register", {"email": email, "password": STRONG_PASSWORD, "name": name})
     assert status == 201, body
@@ -90,9 +102,11 @@ def api_schema(live_server):
     status, invites = web.call("POST", f"/api/v1/spaces/{space['id']}/invites", {"emails": ["carol@example.com"]}, alice)
     assert status == 201, invites
     in_process.REAL_IDS.update(backend="live", space_id=space["id"], user_id=bob_id, invite_id=invites[0]["id"],
+                               document_id=upload(web, alice, space["id"], "notes.md"),
                                headers={"Authorization": f"Bearer {alice}"})
     schema = schemathesis.openapi.from_url(web.root + "/api/v1/openapi.json")
     schema.config.update(base_url=web.root)
+    schema.config.checks.update(included_check_names=["all"])  # the CLI's --checks all
     # unknown query parameters are ignored by design (a cache-busting `?_=1` must not fail)
     schema.config.generation.update(allow_extra_parameters=False)
     return schema
@@ -162,4 +176,8 @@ def test_the_running_server_conforms_to_its_spec(case, live_server):
                                          headers["Authorization"].split()[1])
         assert status == 201, space
         case.path_parameters["space_id"] = space["id"]
+    elif operation == ("DELETE", "/api/v1/spaces/{space_id}/documents/{document_id}") and \
+            case.path_parameters.get("document_id") == in_process.REAL_IDS["document_id"]:
+        case.path_parameters["document_id"] = upload(live_server, headers["Authorization"].split()[1],
+                                                     in_process.REAL_IDS["space_id"], f"throwaway-{case.id}.md")
     case.call_and_validate(headers=headers, excluded_checks=excluded_checks(case), timeout=30)
