@@ -121,3 +121,60 @@ def ingest(space_id, paths, as_email, wait):
                               .where(Document.id.in_(unique)).group_by(Document.status, Document.error_reason))
     for status, reason, n in sorted(rows, key=lambda r: (r[0], r[1] or "")):
         click.echo(f"  {status}{' (' + reason + ')' if reason else ''}: {n}")
+
+
+@spacio_cli.command("reindex")
+@click.argument("space_ids", nargs=-1, type=click.UUID)
+@click.option("--all", "everything", is_flag=True,
+              help="Every space whose index was built with other plugins than the server's current ones.")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until every reindex has finished.")
+def reindex(space_ids, everything, wait):
+    """Move spaces to the server's current plugins without a gap: each one's documents are
+    indexed again beside the index that keeps answering, and the space switches when all are
+    in (a failure leaves it as it was).
+
+    With Redis configured, running `dramatiq tasks` workers do the work; otherwise this
+    command's own in-process worker does."""
+    import time
+
+    from spacio.documents import services as documents
+    from spacio.documents.models import IndexBuild
+    from spacio.errors import SpacioError
+    from spacio.rag import registry
+    from spacio.rag.reindexing import progress
+    from spacio.spaces.models import Space
+
+    if bool(space_ids) == everything:
+        raise click.UsageError("Name the spaces to reindex, or pass --all.")
+    if everything:
+        current = registry().pipeline()
+        spaces = [s for s in db.session.scalars(select(Space).order_by(Space.created_at))
+                  if {k: v for k, v in (s.pipeline or {}).items() if k != "namespace"} != current]
+        click.echo(f"{len(spaces)} spaces use other plugins than the server's.")
+    else:
+        spaces = [db.session.get(Space, space_id) for space_id in space_ids]
+        missing = [str(i) for i, s in zip(space_ids, spaces) if s is None]
+        if missing:
+            raise click.ClickException(f"No space {', '.join(missing)}.")
+    builds = []
+    for space in spaces:
+        try:
+            builds.append(documents.start_reindex(space))
+        except SpacioError as exc:
+            click.echo(f"  {space.id} ({space.name}): {exc.message or exc.reason}")
+    if not wait or not builds:
+        return
+    with click.progressbar(length=1, label="Reindexing", show_pos=True) as bar:
+        while True:
+            db.session.rollback()
+            found = [db.session.get(IndexBuild, build_id) for build_id in builds]
+            counts = [progress(build) for build in found]
+            bar.length = max(1, sum(c["total"] for c in counts))
+            bar.update(sum(c["done"] + c["failed"] for c in counts) - bar.pos)
+            if all(build.status != "building" for build in found):
+                break
+            time.sleep(0.5)
+    for build, count in zip(found, counts):
+        outcome = build.status if build.error is None else f"{build.status} ({build.error['reason']}: " \
+                                                             f"{build.error['message']})"
+        click.echo(f"  {build.space_id}: {outcome}; {count['done']} documents indexed, {count['failed']} failed")

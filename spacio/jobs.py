@@ -35,6 +35,7 @@ class QueueUnavailable(Exception):
 
 INGEST_QUEUE = "ingest"
 INGEST_ACTOR = "ingest_document"
+BUILD_ACTOR = "build_document"  # a document of a space's reindex (spacio.rag.reindexing)
 
 
 def init_app(app):
@@ -49,16 +50,18 @@ def init_app(app):
     # first: its before_ hooks run first and its after_ hooks last (Dramatiq runs those in
     # reverse), so the other middleware's lines (Retries' "retrying") carry the id too
     broker.add_middleware(RequestIdMiddleware(), before=type(broker.middleware[0]))
-    ingest = dramatiq.Actor(
-        _ingest_in(app), broker=broker, actor_name=INGEST_ACTOR, queue_name=INGEST_QUEUE, priority=0,
-        options={
-            "max_retries": int(cfg["INGEST_MAX_RETRIES"]),
-            "min_backoff": int(cfg["INGEST_MIN_BACKOFF_MS"]),
-            "max_backoff": int(cfg["INGEST_MAX_BACKOFF_MS"]),
-            "time_limit": int(cfg["INGEST_TIME_LIMIT_MS"]),
-        },
-    )
-    app.extensions["spacio.jobs"] = Jobs(app, broker, ingest)
+    options = {
+        "max_retries": int(cfg["INGEST_MAX_RETRIES"]),
+        "min_backoff": int(cfg["INGEST_MIN_BACKOFF_MS"]),
+        "max_backoff": int(cfg["INGEST_MAX_BACKOFF_MS"]),
+        "time_limit": int(cfg["INGEST_TIME_LIMIT_MS"]),
+    }
+    ingest = dramatiq.Actor(_ingest_in(app), broker=broker, actor_name=INGEST_ACTOR, queue_name=INGEST_QUEUE,
+                            priority=0, options=options)
+    # the same queue: a reindex's documents wait behind uploads, which people are watching
+    build = dramatiq.Actor(_build_in(app), broker=broker, actor_name=BUILD_ACTOR, queue_name=INGEST_QUEUE,
+                           priority=10, options=options)
+    app.extensions["spacio.jobs"] = Jobs(app, broker, ingest, build)
 
 
 class RequestIdMiddleware(Middleware):
@@ -101,11 +104,30 @@ def _ingest_in(app):
     return ingest_document
 
 
+def _build_in(app):
+    def build_document(build_id, document_id):
+        """Index one document of a space's reindex into its new namespace (idempotent)."""
+        from spacio.rag import pipeline, reindexing
+
+        message = CurrentMessage.get_current_message()
+        retries = message.options.get("retries", 0) if message is not None else 0
+        with app.app_context():
+            try:
+                reindexing.build(build_id, document_id,
+                                 last_try=retries >= int(app.config["INGEST_MAX_RETRIES"]))
+            except pipeline.RetryLater as exc:
+                raise dramatiq.Retry(str(exc)) from exc
+
+    build_document.__name__ = BUILD_ACTOR
+    return build_document
+
+
 class Jobs:
-    def __init__(self, app, broker, ingest):
+    def __init__(self, app, broker, ingest, build):
         self.app = app
         self.broker = broker
         self.ingest = ingest
+        self.build = build
         self.worker = None
         self._lock = threading.Lock()
 
@@ -118,17 +140,23 @@ class Jobs:
         embedded default the in-process worker starts on first use if the server did not
         start it. Raises ``QueueUnavailable`` with the ids the broker refused (Redis down)."""
         sent = self.start_inprocess_worker() if self.inprocess else set()
+        self._send(self.ingest, [(str(i),) for i in document_ids if i not in sent])
+
+    def enqueue_build(self, build_id, document_ids):
+        """Queue documents of a reindex (``build_id``); call after its rows are committed."""
+        sent = self.start_inprocess_worker() if self.inprocess else set()
+        self._send(self.build, [(str(build_id), str(i)) for i in document_ids if (build_id, i) not in sent])
+
+    def _send(self, actor, messages):
         unsent = []
-        for document_id in document_ids:
-            if document_id in sent:
-                continue
+        for args in messages:
             if not unsent:  # once the broker has refused one, do not wait on it for each
                 try:
-                    self.ingest.send(str(document_id))
+                    actor.send(*args)
                     continue
                 except (redis.RedisError, dramatiq.errors.BrokerConnectionError) as exc:
                     log.warning("the ingestion queue refused a message: %s", exc.__class__.__name__)
-            unsent.append(document_id)
+            unsent.append(args[-1])
         if unsent:
             raise QueueUnavailable(unsent)
 
@@ -144,13 +172,17 @@ class Jobs:
             self.worker.start()
             with self.app.app_context():
                 from spacio.documents import services
+                from spacio.rag import reindexing
 
                 pending = services.unfinished_ids()
+                building = [tuple(item) for item in reindexing.queued_items()]
             for document_id in pending:
                 self.ingest.send(str(document_id))
-            if pending:
-                log.info("re-enqueued %d unfinished documents", len(pending))
-            return set(pending)
+            for build_id, document_id in building:
+                self.build.send(str(build_id), str(document_id))
+            if pending or building:
+                log.info("re-enqueued %d unfinished documents and %d of reindexes", len(pending), len(building))
+            return set(pending) | set(building)
 
     def join(self, timeout_ms=60_000):
         """Wait until the in-process queue is empty and idle (tests, the CLI)."""

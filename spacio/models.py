@@ -3,11 +3,12 @@
 from spacio.apikeys.models import ApiKey
 from spacio.auth.models import AuthSession, PasswordReset, User
 from spacio.chat.models import Conversation, Message
-from spacio.documents.models import Chunk, Document, DocumentFile
+from spacio.documents.models import BuildDocument, Chunk, Document, DocumentFile, IndexBuild
 from spacio.invites.models import Invite
 from spacio.mail import OutboxMessage
 from spacio.spaces.models import Membership, Space
 from spacio.usage.models import UsageRecord
 
-__all__ = ["ApiKey", "AuthSession", "Chunk", "Conversation", "Document", "DocumentFile", "Invite", "Membership",
-           "Message", "OutboxMessage", "PasswordReset", "Space", "UsageRecord", "User"]
+__all__ = ["ApiKey", "AuthSession", "BuildDocument", "Chunk", "Conversation", "Document", "DocumentFile",
+           "IndexBuild", "Invite", "Membership", "Message", "OutboxMessage", "PasswordReset", "Space", "UsageRecord",
+           "User"]

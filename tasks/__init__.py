@@ -21,6 +21,7 @@ if _jobs.inprocess:
                        "ingestion itself (the embedded default) and there is no queue to share.")
 dramatiq.set_broker(_jobs.broker)
 ingest_document = _jobs.ingest
+build_document = _jobs.build
 
 
 def _one_stop_per_sigterm(grace_s=5.0):

@@ -1,6 +1,6 @@
 import uuid
 
-from sqlalchemy import (CheckConstraint, Float, ForeignKey, Index, Integer, LargeBinary, String, Text,
+from sqlalchemy import (JSON, CheckConstraint, Float, ForeignKey, Index, Integer, LargeBinary, String, Text,
                         UniqueConstraint, Uuid)
 from sqlalchemy.orm import Mapped, deferred, mapped_column, relationship
 
@@ -63,10 +63,11 @@ class DocumentFile(db.Model):
 
 class Chunk(db.Model):
     """A passage of a ready document: what citations point at. Its id is also the id of
-    its vector in the space's vector store."""
+    its vector in the space's vector store, in ``namespace``: the space's index, or the new
+    one a reindex is building beside it."""
 
     __tablename__ = "chunks"
-    __table_args__ = (UniqueConstraint("document_id", "ordinal"),)
+    __table_args__ = (UniqueConstraint("document_id", "namespace", "ordinal"),)
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     space_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("spaces.id", ondelete="CASCADE"), nullable=False,
@@ -79,3 +80,54 @@ class Chunk(db.Model):
     heading: Mapped[str | None] = mapped_column(Text)
     text: Mapped[str] = mapped_column(Text, nullable=False)
     tokens: Mapped[int] = mapped_column(Integer, nullable=False)
+    namespace: Mapped[str] = mapped_column(String(100), nullable=False)
+
+
+BUILD_STATUSES = ("building", "switched", "failed")
+
+
+class IndexBuild(db.Model):
+    """A reindex: the space's documents indexed again, with the plugins in ``pipeline``, into
+    a new namespace beside the one that keeps answering; when every document is in, the space
+    switches to it in one transaction (``spacio.rag.reindexing``)."""
+
+    __tablename__ = "index_builds"
+    __table_args__ = (
+        CheckConstraint("status IN ('building', 'switched', 'failed')", name="status"),
+        Index("ix_index_builds_space_id_status", "space_id", "status"),
+    )
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    space_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("spaces.id", ondelete="CASCADE"), nullable=False)
+    requested_by: Mapped[uuid.UUID | None] = mapped_column(Uuid, ForeignKey("users.id", ondelete="SET NULL"))
+    pipeline: Mapped[dict] = mapped_column(JSON, nullable=False)  # what the space records after the switch
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="building")
+    error_reason: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at = created_at()
+    updated_at = updated_at()
+
+    @property
+    def error(self):
+        if self.status != "failed":
+            return None
+        return {"reason": self.error_reason, "message": self.error_message}
+
+
+class BuildDocument(db.Model):
+    """One document of a reindex: ``queued`` until it is in the new index (``done``) or
+    cannot be read by the new plugins (``failed``: the document shows that after the switch)."""
+
+    __tablename__ = "build_documents"
+    __table_args__ = (CheckConstraint("status IN ('queued', 'done', 'failed')", name="status"),)
+
+    build_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("index_builds.id", ondelete="CASCADE"),
+                                                primary_key=True)
+    document_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("documents.id", ondelete="CASCADE"),
+                                                   primary_key=True, index=True)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="queued")
+    pages: Mapped[int | None] = mapped_column(Integer)
+    chunks: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    tokens: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    error_reason: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)

@@ -105,13 +105,26 @@ def reindex_document(space_id, document_id):
     return services.reindex(current_user, space_id, document_id)
 
 
-@blp.route("/<uuid:space_id>/reindex", methods=["POST"])
-@blp.login_required
-@blp.response(202, schemas.ReindexResultSchema)
-@blp.errors(403, 404, 503)
-def reindex_space(space_id):
-    """Move the space to the server's current plugins and ingest every document again (editor)"""
-    return {"documents": services.reindex_space(current_user, space_id)}
+@blp.route("/<uuid:space_id>/reindex")
+class Reindex(MethodView):
+    @blp.login_required
+    @blp.response(202, schemas.ReindexSchema)
+    @blp.errors(403, 404, 409, 503)
+    def post(self, space_id):
+        """Move the space to the server's current plugins, without a gap (editor)
+
+        Every document is indexed again into a new index while the space keeps answering from
+        the old one; when all are in, the space switches in one step. A failure leaves the old
+        index in place. 409 `reindex_in_progress` while one runs.
+        """
+        return services.reindex_space(current_user, space_id)
+
+    @blp.login_required
+    @blp.response(200, schemas.ReindexSchema)
+    @blp.errors(404)
+    def get(self, space_id):
+        """How the space's latest reindex stands"""
+        return services.reindex_status(current_user, space_id)
 
 
 @blp.route("/<uuid:space_id>/chunks/<uuid:chunk_id>")

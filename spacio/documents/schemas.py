@@ -1,7 +1,7 @@
 import marshmallow as ma
 from flask_smorest.fields import Upload
 
-from spacio.documents.models import STATUSES
+from spacio.documents.models import BUILD_STATUSES, STATUSES
 from spacio.schemas import Timestamp
 
 
@@ -57,5 +57,20 @@ class ChunkSchema(ma.Schema):
     tokens = ma.fields.Integer(dump_only=True)
 
 
-class ReindexResultSchema(ma.Schema):
-    documents = ma.fields.Integer(metadata={"description": "documents queued for ingestion"})
+class ReindexSchema(ma.Schema):
+    id = ma.fields.UUID()
+    space_id = ma.fields.UUID()
+    status = ma.fields.String(metadata={
+        "enum": list(BUILD_STATUSES),
+        "description": "building: the new index is being built while the old one answers; switched: the space "
+                       "uses the new one; failed: the space kept the old one (see error)"})
+    error = ma.fields.Nested(ErrorInfoSchema, allow_none=True)
+    pipeline = ma.fields.Dict(metadata={"description": "the plugins the new index is built with"})
+    total = ma.fields.Integer(metadata={"description": "documents to index"})
+    queued = ma.fields.Integer(metadata={"description": "documents still to index"})
+    done = ma.fields.Integer(metadata={"description": "documents in the new index"})
+    failed = ma.fields.Integer(metadata={"description": "documents the new plugins cannot read (they show it after "
+                                                        "the switch)"})
+    documents = ma.fields.Integer(metadata={"description": "the same as total"})
+    created_at = Timestamp()
+    updated_at = Timestamp()

@@ -12,8 +12,9 @@ from spacio.documents.uploads import read_upload, safe_filename
 from spacio.errors import Conflict, Invalid, NotFound, Unavailable
 from spacio.extensions import db
 from spacio.jobs import QueueUnavailable, jobs
-from spacio.rag import pipeline, registry
+from spacio.rag import pipeline, registry, reindexing
 from spacio.rag.sniff import sniff
+from spacio.spaces.models import Space
 from spacio.spaces.services import READ, WRITE, access
 
 REJECTED = ("unsupported_media_type", "file_too_large")
@@ -36,6 +37,7 @@ def add_documents(user, space_id, files):
     for attempt in (1, 2):
         try:
             documents, queued = _store(space, user, uploads)
+            build_id = reindexing.join(space.id, queued)  # a reindex under way takes them too
             db.session.commit()
             break
         except IntegrityError:
@@ -43,7 +45,7 @@ def add_documents(user, space_id, files):
             db.session.rollback()
             if attempt == 2:
                 raise
-    refused = _enqueue(queued)
+    refused = _enqueue(queued, build_id)
     return documents, len(queued) - refused
 
 
@@ -128,11 +130,14 @@ def delete(user, space_id, document_id):
     """Delete a document, its file, chunks and vectors. The vectors go first: if the vector
     store is down the request fails and nothing is lost."""
     doc = get(user, space_id, document_id, WRITE)
-    space_id, document_id = doc.space_id, doc.id
-    pipeline.forget_document(space_id, document_id)
+    space, document_id = access(user, space_id, WRITE), doc.id
+    indexes = pipeline.forget_document(space, document_id)
+    build = reindexing.building(space.id)
     db.session.delete(doc)
     db.session.commit()
-    pipeline.forget_deleted(space_id, document_id)  # and again: ingestion may have written some meanwhile
+    pipeline.forget_deleted(indexes, document_id)  # and again: ingestion may have written some meanwhile
+    if build is not None:  # a reindex that waited for it may be complete now
+        reindexing.switch_if_complete(build.id)
 
 
 def reindex(user, space_id, document_id):
@@ -146,36 +151,69 @@ def reindex(user, space_id, document_id):
         raise Conflict("This upload was rejected, so there is nothing to reindex; upload the file again.",
                        reason="file_not_kept")
     _requeue(select(Document.id).where(Document.id == doc.id))
+    build_id = reindexing.join(space.id, [doc.id])  # a reindex of the space under way takes it again too
     db.session.commit()
-    if _enqueue([doc.id]):
+    if _enqueue([doc.id], build_id):
         raise _queue_unavailable()
     db.session.refresh(doc)
     return doc
 
 
 def reindex_space(user, space_id):
-    """Move a space to the current plugins: its vectors are dropped and every document with
-    a kept file is ingested again."""
+    """Move a space to the server's current plugins without a gap (``start_reindex``)."""
     space = access(user, space_id, WRITE)
-    pipeline.forget_space(space.id)
-    space.pipeline = pipeline.describe_new_space()
-    ids = list(db.session.scalars(
-        select(Document.id).join(DocumentFile, DocumentFile.document_id == Document.id)
-        .where(Document.space_id == space.id)))
-    # documents before their chunks, the order the worker locks them in (pipeline._finish)
-    if ids:
-        _requeue(select(Document.id).where(Document.id.in_(ids)))
-    db.session.execute(Chunk.__table__.delete().where(Chunk.space_id == space.id))
+    start_reindex(space, user.id)
+    return reindex_status(user, space.id)
+
+
+def start_reindex(space, user_id=None):
+    """Index every document of ``space`` with a kept file again, into a new namespace, while
+    the space keeps answering from the old one; the space switches when all are in
+    (``spacio.rag.reindexing``). 409 while one runs. Returns the build's id."""
+    db.session.execute(select(Space.id).where(Space.id == space.id).with_for_update())  # one build at a time
+    if reindexing.building(space.id) is not None:
+        raise Conflict("This space is being reindexed already; GET /spaces/{space_id}/reindex shows how far.",
+                       reason="reindex_in_progress")
+    build, ids = reindexing.start(space, user_id)
+    build_id = build.id
     db.session.commit()
-    if _enqueue(ids):
-        raise _queue_unavailable()
-    return len(ids)
+    if not ids:
+        reindexing.switch_if_complete(build_id)
+        return build_id
+    try:
+        jobs().enqueue_build(build_id, ids)
+    except QueueUnavailable:
+        reindexing.fail(build_id, "queue_unavailable", "The ingestion queue was unavailable; reindex again.")
+        raise _queue_unavailable() from None
+    return build_id
 
 
-def _enqueue(ids):
-    """Queue committed documents; returns how many the queue refused (Redis down). Those
-    fail with ``queue_unavailable`` instead of waiting ``queued`` for a message that does
-    not exist; their files are kept, so a reindex retries them."""
+def reindex_status(user, space_id):
+    """The space's latest reindex, with how far it is."""
+    space = access(user, space_id, READ)
+    build = reindexing.latest(space.id)
+    if build is None:
+        raise NotFound("This space has not been reindexed.", reason="reindex_not_found")
+    return describe_reindex(build)
+
+
+def describe_reindex(build):
+    counts = reindexing.progress(build)
+    return {"id": build.id, "space_id": build.space_id, "status": build.status, "error": build.error,
+            "pipeline": {k: v for k, v in build.pipeline.items() if k != "namespace"},
+            **counts, "documents": counts["total"], "created_at": build.created_at, "updated_at": build.updated_at}
+
+
+def _enqueue(ids, build_id=None):
+    """Queue committed documents (and, with ``build_id``, their run in a reindex under way);
+    returns how many the queue refused (Redis down). Those fail with ``queue_unavailable``
+    instead of waiting ``queued`` for a message that does not exist; their files are kept, so a
+    reindex retries them. A reindex whose message is refused fails (the space keeps its index)."""
+    if build_id is not None:
+        try:
+            jobs().enqueue_build(build_id, ids)
+        except QueueUnavailable:
+            reindexing.fail(build_id, "queue_unavailable", "The ingestion queue was unavailable; reindex again.")
     try:
         jobs().enqueue_ingest(ids)
         return 0
@@ -194,6 +232,7 @@ def _queue_unavailable():
 
 
 def _requeue(ids_select):
+    """Queue documents again (a run of theirs under way is overtaken when the new one starts)."""
     db.session.execute(
         update(Document).where(Document.id.in_(ids_select))
         .values(status="queued", progress=0.0, error_reason=None, error_message=None, updated_at=utcnow()),

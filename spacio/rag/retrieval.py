@@ -46,7 +46,7 @@ from spacio.rag import registry
 from spacio.rag.builtins.local_store import STOPWORDS  # English function words, as keyword search drops them
 from spacio.rag.contracts import Hit
 from spacio.rag.fusion import fuse
-from spacio.rag.pipeline import plugin_call, adopt_if_unrecorded
+from spacio.rag.pipeline import adopt_if_unrecorded, namespace_of, plugin_call
 from spacio.rag.registry import Unusable
 
 MODES = ("hybrid", "vector", "keyword")
@@ -124,7 +124,8 @@ def retrieve(space, question: str, *, top_k: int = 10, mode: str = "hybrid") -> 
     except Unusable as exc:
         raise Conflict(str(exc), reason="pipeline_changed") from None
     tuned = settings()
-    namespace, space_id, store, embedder = str(space.id), space.id, plugins.vector_store, plugins.embedder
+    namespace, space_id = namespace_of(space.id, space.pipeline), space.id
+    store, embedder = plugins.vector_store, plugins.embedder
     tuned = dataclasses.replace(tuned, min_similarity=min_similarity(embedder, tuned))
     asked = mode
     if not getattr(store, "keyword_search", True):

@@ -35,9 +35,17 @@ class SpaceSchema(ma.Schema):
                                                       "enum": ["viewer", "editor", "owner"]})
     settings = ma.fields.Nested(SettingsSchema, dump_only=True)
     pipeline = ma.fields.Dict(dump_only=True, metadata={
-        "description": "chunker, embedder and vector store recorded at creation (read-only)"})
+        "description": "chunker, embedder and vector store its index was built with (read-only; "
+                       "POST /spaces/{space_id}/reindex moves it to the server's current ones)"})
     created_at = Timestamp()
     updated_at = Timestamp()
+
+    @ma.post_dump
+    def _without_namespace(self, data, **kwargs):
+        """Where the index lives in the vector store is the server's business."""
+        if isinstance(data.get("pipeline"), dict):
+            data["pipeline"] = {k: v for k, v in data["pipeline"].items() if k != "namespace"}
+        return data
 
 
 class SpaceCreateSchema(ma.Schema):

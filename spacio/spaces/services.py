@@ -121,11 +121,10 @@ def update(user, space_id, changes):
 def delete(user, space_id):
     """Delete the space and everything in it: members, invites, documents, files, chunks, vectors."""
     space = access(user, space_id, MANAGE)
-    space_id = space.id
-    pipeline.forget_space(space_id)  # vectors first: if the store is down, nothing is lost
+    indexes = pipeline.forget_space(space)  # vectors first: if the store is down, nothing is lost
     db.session.delete(space)
     db.session.commit()
-    pipeline.forget_deleted(space_id)  # and again: ingestion may have written some meanwhile
+    pipeline.forget_deleted(indexes)  # and again: ingestion may have written some meanwhile
 
 
 def members_of(space):

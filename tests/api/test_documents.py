@@ -20,9 +20,10 @@ from urllib.parse import unquote
 import pytest
 from pypdf import PdfWriter
 from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
-from sqlalchemy import select, text, update
+from sqlalchemy import func, select, text, update
 
 from spacio.documents.models import STATUSES, Chunk, Document, DocumentFile
+from spacio.spaces.models import Space
 from spacio.extensions import db
 from spacio.jobs import jobs
 from spacio.rag import contracts, pipeline, registry
@@ -77,9 +78,11 @@ def get_document(client, user, space_id, document_id):
 
 
 def vectors(app, space_id, document_id=None):
-    """Vectors the space's namespace holds (of one document), counted by the real store."""
+    """Vectors the space's index holds (of one document), counted by the real store."""
     with app.app_context():
-        return registry(app).vector_store.count(str(space_id), None if document_id is None else str(document_id))
+        space = db.session.get(Space, uuid.UUID(str(space_id)))
+        namespace = pipeline.namespace_of(space_id, space.pipeline if space is not None else None)
+        return registry(app).vector_store.count(namespace, None if document_id is None else str(document_id))
 
 
 def chunk_rows(app, document_id):
@@ -680,8 +683,9 @@ def test_reindexing_a_space_ingests_every_kept_file_again(client, alice, space):
     reindex = client.post(space_url(space_id, "reindex"), headers=alice.headers)
 
     assert reindex.status_code == 202, reindex.json
-    assert reindex.json == {"documents": 2}
+    assert (reindex.json["documents"], reindex.json["total"]) == (2, 2)
     client.ingested()
+    assert client.get(space_url(space_id, "reindex"), headers=alice.headers).json["status"] == "switched"
     documents = {d["id"]: d for d in client.get(docs_url(space_id), headers=alice.headers).json}
     for entry in (maple, oak):
         assert documents[entry["id"]]["status"] == "ready"
@@ -691,7 +695,8 @@ def test_reindexing_a_space_ingests_every_kept_file_again(client, alice, space):
     assert vectors(app, space_id) == documents[maple["id"]]["chunks"] + documents[oak["id"]]["chunks"]
 
     empty = client.space(alice, "Empty")["id"]
-    assert client.post(space_url(empty, "reindex"), headers=alice.headers).json == {"documents": 0}
+    moved = client.post(space_url(empty, "reindex"), headers=alice.headers).json
+    assert (moved["documents"], moved["status"]) == (0, "switched")  # nothing to wait for
 
 
 def test_deleting_a_space_drops_its_vectors(client, alice, space):
@@ -709,38 +714,87 @@ def test_deleting_a_space_drops_its_vectors(client, alice, space):
     assert count_rows(app, Chunk, space_id=uuid.UUID(doomed)) == 0
 
 
-def test_a_space_created_under_other_plugins_must_be_reindexed(make_app):
-    """A space records its embedder (model, dimensions). A server with another embedder
-    setting never mixes vectors into it: ingestion fails `pipeline_changed` and a document
-    reindex answers 409 until the whole space is reindexed."""
+def search_hits(client, user, space_id, query="volcanoes", mode="hybrid"):
+    response = client.post(space_url(space_id, "search"), json={"query": query, "mode": mode}, headers=user.headers)
+    assert response.status_code == 200, response.json
+    return [(h["document_id"], h["chunk_id"]) for h in response.json["hits"]]
+
+
+def test_a_space_keeps_its_plugins_and_moves_to_new_ones_without_a_gap(make_app):
+    """A space records its embedder (model, dimensions). A server with another embedder keeps
+    serving the space with the recorded one (uploads, searches, a document's reindex) and never
+    mixes vectors. A reindex builds the new index beside the old one, which keeps answering,
+    with the same hits, until every document is in; then the space switches in one step and
+    the old namespace goes."""
     before = ApiClient(make_app().test_client())
     alice = before.user("alice@example.com", "Alice")
     space_id = before.space(alice, "Old")["id"]
     old = before.document(alice, space_id, prose("volcanoes").encode(), "volcanoes.txt")
-    recorded = before.get(space_url(space_id), headers=alice.headers).json["pipeline"]
-    assert recorded["embedder"]["dimensions"] == 64
+    assert before.get(space_url(space_id), headers=alice.headers).json["pipeline"]["embedder"]["dimensions"] == 64
 
-    after = ApiClient(make_app(PLUGINS={"EMBEDDER": {"HASHING": {"DIMENSIONS": 32}}}).test_client())
-    new = after.upload(alice, space_id, (prose("geysers").encode(), "geysers.txt")).json["documents"][0]
+    app = make_app(PLUGINS={"EMBEDDER": {"HASHING": {"DIMENSIONS": 32}}})
+    after = ApiClient(app.test_client())
+    new = after.document(alice, space_id, prose("geysers").encode(), "geysers.txt")  # with the space's embedder
+    assert after.post(docs_url(space_id, old["id"], "reindex"), headers=alice.headers).status_code == 202
     after.ingested()
-    failed = get_document(after, alice, space_id, new["id"])
-    assert failed["status"] == "failed" and failed["error"]["reason"] == "pipeline_changed", failed
-    assert "reindex" in failed["error"]["message"].lower()
-    assert_error(after.post(docs_url(space_id, old["id"], "reindex"), headers=alice.headers), 409,
-                 "pipeline_changed")
-    assert get_document(after, alice, space_id, old["id"])["status"] == "ready"  # untouched
+    answered = search_hits(after, alice, space_id)
+    assert answered and {d for d, _ in answered} <= {old["id"], new["id"]}
+    with app.app_context():
+        assert registry(app).resolve(db.session.get(Space, uuid.UUID(space_id)).pipeline).embedder.dimensions == 64
 
+    store = registry(app).vector_store = GatedStore(registry(app).vector_store)
+    store.write.clear()  # the build stops at its first write
     reindex = after.post(space_url(space_id, "reindex"), headers=alice.headers)
-    assert reindex.status_code == 202 and reindex.json == {"documents": 2}
+    assert reindex.status_code == 202, reindex.json
+    assert (reindex.json["status"], reindex.json["total"], reindex.json["queued"]) == ("building", 2, 2)
+    assert reindex.json["pipeline"]["embedder"]["dimensions"] == 32
+    assert store.writing.wait(30), "the build never came to write"
+    assert_error(after.post(space_url(space_id, "reindex"), headers=alice.headers), 409, "reindex_in_progress")
+    assert search_hits(after, alice, space_id) == answered  # the old index answers meanwhile
+    assert get_document(after, alice, space_id, old["id"])["status"] == "ready"
+    store.write.set()
     after.ingested()
+
+    status = after.get(space_url(space_id, "reindex"), headers=alice.headers).json
+    assert (status["status"], status["done"], status["queued"], status["failed"]) == ("switched", 2, 0, 0)
+    assert after.get(space_url(space_id), headers=alice.headers).json["pipeline"]["embedder"]["dimensions"] == 32
     for document_id in (old["id"], new["id"]):
         document = get_document(after, alice, space_id, document_id)
         assert document["status"] == "ready", document
-        assert_one_copy_of_each_chunk(after.app, space_id, document)
-    assert after.get(space_url(space_id), headers=alice.headers).json["pipeline"]["embedder"]["dimensions"] == 32
-    # and now the first configuration is the stranger
-    assert_error(before.post(docs_url(space_id, old["id"], "reindex"), headers=alice.headers), 409,
+        assert_one_copy_of_each_chunk(app, space_id, document)
+    moved = search_hits(after, alice, space_id)
+    assert {d for d, _ in moved} == {d for d, _ in answered} and not {c for _, c in moved} & {c for _, c in answered}
+    assert stored(app, space_id) == (False, 0)  # the old namespace is gone
+    with app.app_context():  # only the new index's chunks are left
+        assert db.session.scalar(select(func.count()).select_from(Chunk).where(
+            Chunk.space_id == uuid.UUID(space_id))) == sum(
+            get_document(after, alice, space_id, d)["chunks"] for d in (old["id"], new["id"]))
+
+
+def test_a_space_whose_recorded_embedder_is_gone_must_be_reindexed(client, alice, space):
+    """The plugins a space recorded cannot be built any more (uninstalled): searches and a
+    document's reindex answer 409 pipeline_changed, uploads fail with it, until the space is
+    reindexed onto the server's plugins."""
+    app, space_id = client.app, space["id"]
+    old = client.document(alice, space_id, prose("volcanoes").encode(), "volcanoes.txt")
+    with app.app_context():
+        row = db.session.get(Space, uuid.UUID(space_id))
+        row.pipeline = {**row.pipeline, "embedder": {"name": "uninstalled", "model": "m-1", "dimensions": 64}}
+        db.session.commit()
+
+    body = assert_error(client.post(space_url(space_id, "search"), json={"query": "volcanoes"},
+                                    headers=alice.headers), 409, "pipeline_changed")
+    assert "'uninstalled'" in body["message"] and "reindex" in body["message"]
+    assert_error(client.post(docs_url(space_id, old["id"], "reindex"), headers=alice.headers), 409,
                  "pipeline_changed")
+    new = client.document(alice, space_id, prose("geysers").encode(), "geysers.txt", ready=False)
+    assert new["status"] == "failed" and new["error"]["reason"] == "pipeline_changed", new
+
+    assert client.post(space_url(space_id, "reindex"), headers=alice.headers).status_code == 202
+    client.ingested()
+    for document_id in (old["id"], new["id"]):
+        assert get_document(client, alice, space_id, document_id)["status"] == "ready"
+    assert search_hits(client, alice, space_id)
 
 
 def test_a_document_deleted_while_it_is_ingested_leaves_nothing_behind(configured):
@@ -869,9 +923,13 @@ def test_an_unreachable_vector_store_is_retried_then_fails_upstream_unavailable(
 
     # requests that must remove vectors first answer 503 and change nothing
     for response in (client.delete(docs_url(space_id, document["id"]), headers=alice.headers),
-                     client.post(space_url(space_id, "reindex"), headers=alice.headers),
                      client.delete(space_url(space_id), headers=alice.headers)):
         assert_error(response, 503, "upstream_unavailable")
+    # a reindex builds beside the index: it fails, and the space keeps what it had
+    assert client.post(space_url(space_id, "reindex"), headers=alice.headers).status_code == 202
+    client.ingested()
+    status = client.get(space_url(space_id, "reindex"), headers=alice.headers).json
+    assert status["status"] == "failed" and status["error"]["reason"] == "upstream_unavailable", status
     assert get_document(client, alice, space_id, document["id"])["status"] == "failed"
     assert count_rows(client.app, DocumentFile, document_id=uuid.UUID(document["id"])) == 1
     assert client.get(space_url(space_id), headers=alice.headers).status_code == 200
@@ -894,13 +952,16 @@ def test_a_request_and_the_worker_lock_rows_in_one_order(client, alice, bob, spa
         chunks = [SimpleNamespace(ordinal=c.ordinal, page=c.page, page_end=c.page_end, heading=c.heading,
                                   text=c.text, tokens=c.tokens)
                   for c in db.session.scalars(select(Chunk).where(Chunk.document_id == doc_id))]
+        run = pipeline.Run(doc_id, db.session.get(Document, doc_id).attempts)  # the run that finished it
+        into = pipeline.target(uuid.UUID(space_id), db.session.get(Space, uuid.UUID(space_id)).pipeline)
+        db.session.remove()
     blocker = hold_row(app, "documents", doc_id)
     outcome = {}
 
     def worker():
         with app.app_context():
             try:
-                pipeline._finish(doc_id, uuid.UUID(space_id), space_id, chunks, 7)
+                pipeline._finish(run, into, pipeline.Indexed(None, chunks, 7))
                 outcome["worker"] = "done"
             except Exception as exc:
                 outcome["worker"] = exc
@@ -929,7 +990,7 @@ def test_a_request_and_the_worker_lock_rows_in_one_order(client, alice, bob, spa
 
     assert outcome["worker"] == "done"
     if operation == "reindex the space":
-        assert outcome["request"] == (202, {"documents": 1})
+        assert outcome["request"][0] == 202 and outcome["request"][1]["documents"] == 1
         client.ingested()
         after = get_document(client, alice, space_id, document["id"])
         assert after["status"] == "ready" and after["chunks"] == document["chunks"]
