@@ -613,7 +613,8 @@ def _compare(metadata: dict, key: str, operator: str, operand: Any) -> bool:
         return not present or not any(v in operand for v in values)
     if not present or not isinstance(value, (int, float)):
         return False
-    return {"$gt": value > operand, "$gte": value >= operand, "$lt": value < operand, "$lte": value <= operand}[operator]
+    return {"$gt": value > operand, "$gte": value >= operand, "$lt": value < operand,
+            "$lte": value <= operand}[operator]
 
 
 def _default_message(status: int) -> str:
