@@ -46,6 +46,7 @@ import orjson
 from marshmallow import Schema, ValidationError, fields, post_load, validate
 from pinecone import (
     ApiError,
+    ConflictError,
     ForbiddenError,
     NotFoundError,
     PaymentRequiredError,
@@ -239,9 +240,8 @@ class PineconeVectorStore:
             return self._retrying("create index", lambda: self._pinecone().indexes.create(
                 name=self.index_name, schema=schema, deployment=deployment, timeout=CREATE_WAIT),
                 translate_409=False)
-        except ApiError as error:
-            if error.status_code != 409:  # 409: created by another process meanwhile
-                raise _translate("create index", error) from error
+        except ConflictError:  # created meanwhile by another process (or by our retried request)
+            pass
         model = self._describe()
         if model is None:  # created and deleted again meanwhile: try later
             raise UpstreamUnavailable(f"The Pinecone index {self.index_name!r} vanished while it was created.")
@@ -260,7 +260,7 @@ class PineconeVectorStore:
                 return fn()
             except PineconeError as exc:
                 if (isinstance(exc, NotFoundError) and not translate_404) or \
-                        (isinstance(exc, ApiError) and exc.status_code == 409 and not translate_409):
+                        (isinstance(exc, ConflictError) and not translate_409):
                     raise
                 cause, error = exc, _translate(what, exc)
             if not isinstance(error, UpstreamUnavailable) or attempt >= self.max_retries:
