@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
+import openai
 from marshmallow import ValidationError, fields, validate, validates_schema
 
 from spacio.rag.contracts import Embeddings, PluginError, UpstreamUnavailable
 
-from ._calls import Caller, OpenAIOptions, get
+from ._calls import Caller, OpenAIOptions, get, mentions
 from .tokenizer import OpenAIApproxTokenizer
+
+log = logging.getLogger(__name__)
 
 #: inputs per request: the API's maximum
 MAX_INPUTS = 2048
@@ -141,8 +145,20 @@ class OpenAIEmbedder:
 
     def _embed_batch(self, batch: list[str]) -> tuple[np.ndarray, int]:
         extra = {"dimensions": self.dimensions} if self._send_dimensions else {}
-        response = self._caller.call("embeddings", lambda client: client.embeddings.create(
-            model=self.model, input=batch, encoding_format=self._encoding_format, **extra))
+
+        def create(client: openai.OpenAI) -> Any:
+            try:
+                return client.embeddings.create(model=self.model, input=batch,
+                                                encoding_format=self._encoding_format, **extra)
+            except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+                if self._encoding_format != "base64" or not mentions(exc, "encoding_format"):
+                    raise
+            # a server that knows only lists of floats; remembered (a lost update costs a retry)
+            log.warning("%s: the server does not take encoding_format=base64; asking for floats", self._caller.label)
+            self._encoding_format = "float"
+            return client.embeddings.create(model=self.model, input=batch, encoding_format="float", **extra)
+
+        response = self._caller.call("embeddings", create)
         vectors = self._vectors(response, len(batch))
         used = get(response, "usage", "prompt_tokens")
         if isinstance(used, int) and not isinstance(used, bool) and used >= 0:

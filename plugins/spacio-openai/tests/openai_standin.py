@@ -21,7 +21,8 @@ every request and fails on demand:
   an in-band ``{"error": ...}`` event;
 - servers that differ from OpenAI: no ``stream_options`` (Mistral answers 422), a reasoning
   model that refuses ``max_tokens`` and a non-default ``temperature``, no key at all (local
-  servers), vectors of the wrong length, no ``usage`` in embeddings, ``float`` only.
+  servers), vectors of the wrong length, no ``usage`` in embeddings, ``float`` vectors
+  whatever was asked, a 422 for ``encoding_format=base64``.
 
 Answers are deterministic: chat replies ``chat_reply`` or echoes the last user message, one
 delta per word; embeddings are a signed hashed bag of words.
@@ -171,6 +172,8 @@ class OpenAIStandIn:
     embed_usage: bool = True
     #: ignore ``encoding_format`` and always send lists of floats (some compatible servers)
     floats_only: bool = False
+    #: refuse ``encoding_format`` other than float with 422 (a server with a strict schema)
+    reject_base64: bool = False
     embed_models: dict = field(default_factory=lambda: dict(EMBED_MODELS))
 
     def __post_init__(self) -> None:
@@ -181,7 +184,7 @@ class OpenAIStandIn:
         self._defaults = {name: getattr(self, name) for name in (
             "chat_reply", "stream_delay", "stream_pause", "keepalive", "cut_stream_after", "malformed_event",
             "stop_mid_line_at", "error_after", "empty_choices", "send_usage", "reject_stream_options",
-            "finish_reason", "wrong_dimensions", "embed_usage", "floats_only", "api_key")}
+            "finish_reason", "wrong_dimensions", "embed_usage", "floats_only", "reject_base64", "api_key")}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -357,6 +360,10 @@ class OpenAIStandIn:
         encoding = body.get("encoding_format", "float")
         if encoding not in ("float", "base64"):
             raise OpenAIError(400, f"Invalid value for 'encoding_format': {encoding!r}", param="encoding_format")
+        if self.reject_base64 and encoding != "float":
+            raise OpenAIError(422, "", body={"object": "error", "message": {"detail": [
+                {"type": "literal_error", "loc": ["body", "encoding_format"], "msg": "Input should be 'float'",
+                 "input": encoding}]}, "type": "invalid_request_error", "param": None, "code": None})
         if self.floats_only:
             encoding = "float"
         if self.wrong_dimensions:

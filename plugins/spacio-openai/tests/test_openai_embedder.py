@@ -77,6 +77,17 @@ def test_float_vectors_give_the_same_result(standin, standin_options, server, op
     assert np.allclose(result.vectors, expected(["same words", "x"]), atol=1e-6)
 
 
+def test_a_server_that_refuses_base64_gets_floats_from_then_on(standin, standin_options, caplog):
+    standin.reject_base64 = True
+    embedder = embedder_for(standin_options)
+    first = embedder.embed_documents(["some words"])
+    embedder.embed_query("more words")
+    assert [(c.body["encoding_format"], c.status) for c in standin.calls("/v1/embeddings")] == \
+        [("base64", 422), ("float", 200), ("float", 200)]
+    assert np.allclose(first.vectors, expected(["some words"]), atol=1e-6)
+    assert "does not take encoding_format=base64" in caplog.text
+
+
 def test_vectors_are_reordered_by_index_and_normalised(standin, standin_options):
     body = ('{"object": "list", "model": "m", "usage": {"prompt_tokens": 2, "total_tokens": 2}, "data": ['
             '{"object": "embedding", "index": 1, "embedding": [0, 2]},'
