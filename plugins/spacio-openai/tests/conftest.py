@@ -29,6 +29,6 @@ def standin_options(standin):
 @pytest.fixture(autouse=True)
 def _no_openai_environment(monkeypatch):
     """The developer's own OPENAI_* variables must not change what these tests see
-    (the external tests read them before this runs, in their fixtures' options)."""
+    (the external tests read them at import, in openai_external.EXTERNAL)."""
     for name in ("OPENAI_BASE_URL", "OPENAI_ORG_ID", "OPENAI_PROJECT_ID", "OPENAI_CUSTOM_HEADERS"):
         monkeypatch.delenv(name, raising=False)

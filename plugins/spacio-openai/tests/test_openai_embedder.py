@@ -10,6 +10,7 @@ import socket
 import numpy as np
 import pytest
 from marshmallow import ValidationError
+from openai_external import EXTERNAL, external, openai_only
 from openai_standin import API_KEY, EMBED_MAX_REQUEST_TOKENS, count_tokens, hashed_bag_of_words
 
 from spacio.rag.contracts import Embedder, InvalidInput, PluginError, UpstreamUnavailable
@@ -425,7 +426,7 @@ def test_tokenizer_costs():
 # --------------------------------------------------------------------------- the real API
 
 @pytest.mark.external
-@pytest.mark.skipif(not os.environ.get("OPENAI_API_KEY"), reason="OPENAI_API_KEY is not set")
+@external
 class TestOpenAIEmbedderExternal(EmbedderContract):
     """The contract against api.openai.com (or OPENAI_BASE_URL) with text-embedding-3-small
     (OPENAI_EMBEDDING_MODEL and OPENAI_EMBEDDING_DIMENSIONS pick another)."""
@@ -434,18 +435,20 @@ class TestOpenAIEmbedderExternal(EmbedderContract):
 
     @pytest.fixture(scope="class")
     def embedder(self):
-        options = {"model": os.environ.get("OPENAI_EMBEDDING_MODEL") or "text-embedding-3-small"}
+        options = {**EXTERNAL, "model": os.environ.get("OPENAI_EMBEDDING_MODEL") or "text-embedding-3-small"}
         if os.environ.get("OPENAI_EMBEDDING_DIMENSIONS"):
             options["dimensions"] = int(os.environ["OPENAI_EMBEDDING_DIMENSIONS"])
         return OpenAIEmbedder(**options)
 
+    @openai_only
     def test_usage_tokens_and_shortened_vectors(self):
-        embedder = OpenAIEmbedder(model="text-embedding-3-small", dimensions=256)
+        embedder = OpenAIEmbedder(**EXTERNAL, model="text-embedding-3-small", dimensions=256)
         result = embedder.embed_documents(["OpenAI bills input tokens for embeddings."] * 3)
         assert result.vectors.shape == (3, 256) and result.tokens > 0
 
+    @openai_only
     def test_bad_key_is_upstream_error(self):
-        embedder = OpenAIEmbedder(api_key="sk-not-a-real-key", max_retries=0)
+        embedder = OpenAIEmbedder(**{**EXTERNAL, "api_key": "sk-not-a-real-key"}, max_retries=0)
         with pytest.raises(PluginError) as error:
             embedder.embed_query("hello")
         assert error.value.reason == "upstream_error"

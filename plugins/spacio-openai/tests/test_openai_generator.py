@@ -13,6 +13,7 @@ import time
 
 import pytest
 from marshmallow import ValidationError
+from openai_external import EXTERNAL, external, openai_only
 from openai_standin import API_KEY, count_tokens
 
 from spacio.rag import prompts
@@ -601,14 +602,11 @@ def test_close_closes_the_client_and_it_comes_back(standin, standin_options):
 # --------------------------------------------------------------------------- the real API
 
 def external_options() -> dict:
-    options = {"max_tokens": 200, "model": os.environ.get("OPENAI_MODEL") or "gpt-4.1-mini"}
-    if os.environ.get("OPENAI_BASE_URL"):
-        options["base_url"] = os.environ["OPENAI_BASE_URL"]
-    return options
+    return {**EXTERNAL, "max_tokens": 200, "model": os.environ.get("OPENAI_MODEL") or "gpt-4.1-mini"}
 
 
 @pytest.mark.external
-@pytest.mark.skipif(not os.environ.get("OPENAI_API_KEY"), reason="OPENAI_API_KEY is not set")
+@external
 class TestOpenAIGeneratorExternal(GeneratorContract):
     """The contract against api.openai.com, or OPENAI_BASE_URL (a sampling model: not
     deterministic). OPENAI_MODEL picks the model."""
@@ -630,6 +628,7 @@ class TestOpenAIGeneratorExternal(GeneratorContract):
         assert usage.prompt_tokens > 100 and 0 < usage.completion_tokens <= 120 and not usage.estimated
         assert "[" in text, f"no citation marker in {text!r}"
 
+    @openai_only
     def test_bad_key_is_upstream_error(self, generator_options):
         generator = OpenAIGenerator(**{**generator_options, "api_key": "sk-not-a-real-key", "max_retries": 0})
         with pytest.raises(PluginError) as error:
