@@ -43,6 +43,7 @@ class OpenAIGeneratorOptions(OpenAIOptions):
     max_tokens_parameter = fields.String(load_default=None, allow_none=True,
                                          validate=validate.OneOf(TOKEN_LIMIT_PARAMETERS))
     stream_usage = fields.Boolean(load_default=True)
+    reasoning_effort = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1))
     first_token_timeout = fields.Float(load_default=60.0, validate=validate.Range(min=0, min_inclusive=False))
     total_timeout = fields.Float(load_default=300.0, validate=validate.Range(min=0, min_inclusive=False))
     max_retries = fields.Integer(load_default=2, validate=validate.Range(min=0, max=20))
@@ -110,6 +111,7 @@ class OpenAIGenerator:
         self.max_tokens: int | None = opts["max_tokens"]
         self.first_token_timeout: float = opts["first_token_timeout"]
         self.total_timeout: float = opts["total_timeout"]
+        self.reasoning_effort: str | None = opts["reasoning_effort"]
         # OpenAI deprecated max_tokens (its reasoning models refuse it); most other servers
         # know only max_tokens
         parameter = opts["max_tokens_parameter"] or (
@@ -143,6 +145,8 @@ class OpenAIGenerator:
         max_tokens = prompt.max_tokens or self.max_tokens
         if max_tokens is not None:
             request[self._quirks["max_tokens_parameter"]] = max_tokens
+        if self.reasoning_effort is not None:
+            request["reasoning_effort"] = self.reasoning_effort
         return request
 
     def stream(self, prompt: Prompt) -> Iterator[str | Usage]:
@@ -174,6 +178,10 @@ class OpenAIGenerator:
                                       "without a finish_reason", reason="upstream_interrupted")
         if reply.finish_reason == "content_filter":
             log.info("%s: the answer was cut by the server's content filter", self._caller.label)
+        elif reply.finish_reason == "length" and not pieces:
+            log.warning("%s: the answer is empty: the token limit was spent before any text (a reasoning "
+                        "model counts its reasoning in it; raise SPACIO_ANSWER_MAX_TOKENS or lower "
+                        "reasoning_effort)", self._caller.label)
         yield reply.usage or self._estimate(prompt, pieces)
 
     def _open(self, client: openai.OpenAI, request: dict[str, Any], clock: _Clock) -> tuple[Any, list[Any]]:

@@ -126,6 +126,21 @@ def test_temperature_and_token_limit(standin, standin_options):
     assert fourth["max_completion_tokens"] == 64 and "max_tokens" not in fourth
 
 
+def test_reasoning_effort_is_sent_only_when_set():
+    assert "reasoning_effort" not in OpenAIGenerator(api_key="k").request(PROMPT)
+    assert OpenAIGenerator(api_key="k", model="gpt-5-mini", reasoning_effort="low").request(PROMPT)[
+        "reasoning_effort"] == "low"
+
+
+def test_an_answer_emptied_by_the_token_limit_ends_with_a_warning(standin, standin_options, caplog):
+    items = list(generator_for(standin_options).stream(Prompt(question="q?", max_tokens=1)))
+    assert items[:-1] == ["You "] and not caplog.text
+    standin.chat_reply = ""
+    standin.finish_reason = "length"
+    items = list(generator_for(standin_options).stream(Prompt(question="q?", max_tokens=1)))
+    assert len(items) == 1 and isinstance(items[0], Usage) and "the answer is empty" in caplog.text
+
+
 def test_openai_itself_gets_max_completion_tokens():
     """OpenAI deprecated max_tokens (its reasoning models refuse it); other servers know only it."""
     prompt = Prompt(question="q?", max_tokens=10)
