@@ -207,11 +207,14 @@ class Caller:
         status = exc.status_code
         code = exc.code or ""
         detail = _detail(exc.body, exc.message, self._api_key)
-        if status in (401, 403):
+        if status == 401:
             # OpenAI's 401 message quotes part of the key: only its code is repeated here
-            return PluginError(f"{self.label}: the server refused the API key for {what} (HTTP {status}"
+            return PluginError(f"{self.label}: the server refused the API key for {what} (HTTP 401"
                                f"{', ' + code if code else ''}); check the api_key option or {API_KEY_ENV}",
                                reason="upstream_error")
+        if status == 403:
+            return PluginError(f"{self.label}: the API key may not use this model or endpoint for {what} "
+                               f"(HTTP 403: {detail})", reason="upstream_error")
         if status == 404:
             return PluginError(f"{self.label}: not found for {what} (HTTP 404: {detail}); check the model "
                                "name and base_url", reason="upstream_error")

@@ -359,6 +359,14 @@ def test_bad_key_is_an_upstream_error_without_the_key(standin, standin_options, 
     assert len(standin.calls("/v1/embeddings")) == 1
 
 
+def test_a_key_that_may_not_use_the_model_is_an_upstream_error(standin, standin_options):
+    standin.fail(403, message="You are not allowed to sample from this model")
+    with pytest.raises(PluginError) as error:
+        embedder_for(standin_options).embed_query("hello")
+    assert error.value.reason == "upstream_error" and "not allowed to sample" in error.value.message
+    assert "403" in error.value.message and len(standin.calls("/v1/embeddings")) == 1
+
+
 def test_unknown_model_at_the_server_is_an_upstream_error(standin, standin_options):
     with pytest.raises(PluginError) as error:
         embedder_for(standin_options, model="embed-retired-v1", dimensions=768).embed_query("hello")
