@@ -113,7 +113,8 @@ def test_batches_of_2048_in_order(standin, standin_options):
 def test_batches_stay_under_the_request_token_limit(standin, standin_options):
     """The API refuses more than 300,000 tokens in one request: long texts go in several."""
     embedder = embedder_for(standin_options)
-    text = "Long passages about the weather in the mountains and the valleys below them. " * 180  # about 3,800 counted tokens
+    # about 3,800 counted tokens each: not cut, but 64 of them are over the budget of one request
+    text = "Long passages about the weather in the mountains and the valleys below them. " * 180
     texts = [f"{i} {text}" for i in range(64)]
     assert max(embedder.tokenizer.count(texts)) <= embedder.max_tokens  # none is truncated
     result = embedder.embed_documents(texts)
@@ -166,7 +167,8 @@ def test_tokens_are_the_usage_summed(standin, standin_options):
 def test_a_server_without_usage_falls_back_to_the_estimate(standin, standin_options):
     standin.embed_usage = False
     embedder = embedder_for(standin_options)
-    assert embedder.embed_documents(["one two", "three"]).tokens == sum(embedder.tokenizer.count(["one two", "three"]))
+    texts = ["one two", "three"]
+    assert embedder.embed_documents(texts).tokens == sum(embedder.tokenizer.count(texts))
 
 
 def test_prefixes_for_models_that_want_them(standin, standin_options):
