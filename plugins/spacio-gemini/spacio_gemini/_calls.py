@@ -194,7 +194,7 @@ def _http_client(timeout: float) -> httpx.Client:
 class GeminiCaller:
     """Owns the lazily created ``genai.Client`` (and its HTTP client), runs calls with
     retries and maps errors. ``label`` names the plugin and model in error messages
-    ("the gemini embedder (model gemini-embedding-001)"); never the key."""
+    ("gemini embedder (model gemini-embedding-001)"); never the key."""
 
     def __init__(self, *, label: str, api_key: str, base_url: str | None, timeout: float, max_retries: int,
                  backoff: float, max_sleep: float = MAX_SLEEP, server_timeout: float | None = None,
@@ -340,13 +340,12 @@ def _api_error(label: str, what: str, exc: errors.APIError) -> PluginError:
                                    reason="upstream_bad_response")
     if status in (401, 403) or reasons & {"API_KEY_INVALID", "API_KEY_EXPIRED", "API_KEY_SERVICE_BLOCKED"} \
             or (status == 400 and "api key" in (exc.message or "").lower()):
-        return PluginError(f"Gemini rejected the API key of {label} ({detail}); {key_help}", reason="upstream_error")
+        return PluginError(f"{label}: Gemini rejected the API key ({detail}); {key_help}", reason="upstream_error")
     if status == 404:
         return PluginError(f"{label}: the model or URL was not found ({detail}); check the model and base_url "
                            "options", reason="upstream_error")
     if status == 400:
-        return InvalidInput(f"Gemini refused the {what} request of {label} ({detail})",
-                            reason="upstream_rejected_input")
+        return InvalidInput(f"{label}: Gemini refused the {what} request ({detail})", reason="upstream_rejected_input")
     if status in RETRYABLE or status >= 500:
         return UpstreamUnavailable(f"{label}: {what} is unavailable ({detail})",
                                    retry_after=_retry_after(exc, details))

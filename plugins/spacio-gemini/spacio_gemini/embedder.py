@@ -82,7 +82,7 @@ class GeminiEmbedder:
         # asked for only where it differs from the model's own size
         self._output_dimensionality = None if known and self.dimensions == known.dimensions else self.dimensions
         self.tokenizer = GeminiApproxTokenizer()
-        self._caller = GeminiCaller(label=f"the gemini embedder (model {self.model})", api_key=opts["api_key"],
+        self._caller = GeminiCaller(label=f"gemini embedder (model {self.model})", api_key=opts["api_key"],
                                     base_url=opts["base_url"], timeout=opts["timeout"],
                                     max_retries=opts["max_retries"], backoff=opts["backoff"])
 
@@ -125,19 +125,23 @@ class GeminiEmbedder:
         if not isinstance(embeddings, list) or len(embeddings) != len(batch):
             raise UpstreamUnavailable(f"Gemini embed returned {len(embeddings) if isinstance(embeddings, list) else 0} "
                                       f"embeddings for {len(batch)} texts", reason="upstream_bad_response")
+        rows = [getattr(embedding, "values", None) for embedding in embeddings]
+        if not all(isinstance(row, list) and row for row in rows):
+            raise UpstreamUnavailable("Gemini embed returned an embedding without values",
+                                      reason="upstream_bad_response")
         try:
-            vectors = np.asarray([embedding.values for embedding in embeddings], dtype=np.float32)
-        except (TypeError, ValueError) as exc:  # ragged rows, missing values
+            vectors = np.asarray(rows, dtype=np.float32)
+        except (TypeError, ValueError) as exc:  # ragged rows
             raise UpstreamUnavailable(f"Gemini embed returned malformed vectors: {exc}",
                                       reason="upstream_bad_response") from exc
+        if not np.isfinite(vectors).all():
+            raise UpstreamUnavailable("Gemini embed returned vectors with NaN or infinity",
+                                      reason="upstream_bad_response")
         if vectors.ndim != 2 or vectors.shape[1] != self.dimensions:
             # the space recorded self.dimensions; vectors of another size must never reach it
             raise PluginError(f"Gemini model {self.model} returned vectors of shape {vectors.shape}, "
                               f"expected {self.dimensions} dimensions (the model or its output size changed); "
                               "fix the dimensions option or reindex the space", reason="pipeline_changed")
-        if not np.isfinite(vectors).all():
-            raise UpstreamUnavailable("Gemini embed returned vectors with NaN or infinity",
-                                      reason="upstream_bad_response")
         reported = getattr(response.usage_metadata, "prompt_token_count", None)
         if isinstance(reported, int) and not isinstance(reported, bool) and reported >= 0:
             return vectors, reported

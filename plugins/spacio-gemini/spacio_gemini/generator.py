@@ -79,7 +79,7 @@ class GeminiGenerator:
         self.thinking_budget: int | None = opts["thinking_budget"]
         self.first_token_timeout: float = opts["first_token_timeout"]
         self.total_timeout: float = opts["total_timeout"]
-        self.label = f"the gemini generator (model {self.model})"
+        self.label = f"gemini generator (model {self.model})"
         self._caller = GeminiCaller(label=self.label, api_key=opts["api_key"], base_url=opts["base_url"],
                                     timeout=opts["timeout"], max_retries=opts["max_retries"], backoff=opts["backoff"],
                                     max_sleep=INTERACTIVE_MAX_SLEEP, server_timeout=self.total_timeout)
@@ -232,7 +232,7 @@ class _Answer:
         feedback = chunk.prompt_feedback
         if feedback is not None and feedback.block_reason:
             reason = _name(feedback.block_reason)
-            raise PluginError(f"Gemini blocked the prompt of {self.label} ({reason}"
+            raise PluginError(f"{self.label}: Gemini blocked the prompt ({reason}"
                               f"{': ' + feedback.block_reason_message if feedback.block_reason_message else ''})",
                               reason="upstream_blocked")
         if not chunk.candidates:
@@ -261,9 +261,9 @@ class _Answer:
         after = f" after {len(self.pieces)} pieces" if self.pieces else " before any text"
         message = self.finish_message
         if reason in BLOCKED:
-            raise PluginError(f"Gemini withheld the answer of {self.label}{after}: finish reason {reason}"
+            raise PluginError(f"{self.label}: Gemini withheld the answer{after}: finish reason {reason}"
                               f"{': ' + message if message else ''}", reason="upstream_blocked")
-        raise PluginError(f"Gemini stopped the answer of {self.label}{after}: finish reason {reason}"
+        raise PluginError(f"{self.label}: Gemini stopped the answer{after}: finish reason {reason}"
                           f"{': ' + message if message else ''}", reason="upstream_error")
 
     def check_end(self) -> None:
