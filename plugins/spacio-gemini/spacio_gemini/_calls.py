@@ -11,6 +11,7 @@ import logging
 import os
 import random
 import re
+import ssl
 import threading
 import time
 from contextlib import contextmanager
@@ -175,9 +176,8 @@ class _HttpClient(httpx.Client):
         return response
 
 
-def _http_client(timeout: float) -> httpx.Client:
+def _http_client(timeout: float, ssl_context: ssl.SSLContext) -> httpx.Client:
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=64, keepalive_expiry=30)
-    ssl_context = httpx.create_ssl_context()  # certifi, or SSL_CERT_FILE / SSL_CERT_DIR
     transport = httpx.HTTPTransport(verify=ssl_context, limits=limits)
     # The same pool httpx builds, on a network backend that honours call deadlines. httpx
     # exposes no parameter for it; ``_pool`` is what its transport sends through (httpx 0.28).
@@ -217,11 +217,15 @@ class GeminiCaller:
 
     @property
     def client(self) -> genai.Client:
-        """Created on first use: it builds SSL contexts (tens of ms), never at construction."""
+        """Created on first use (~45 ms: an SSL context), never at construction."""
         if self._client is None:
             with self._lock:
                 if self._client is None:
-                    self._http = _http_client(self.timeout)
+                    # one SSL context (certifi, or SSL_CERT_FILE / SSL_CERT_DIR) for all the
+                    # clients the SDK builds: each costs ~35 ms of certificate loading, and the
+                    # first request of a gevent worker waits for them
+                    ssl_context = httpx.create_ssl_context()
+                    self._http = _http_client(self.timeout, ssl_context)
                     self._client = genai.Client(
                         api_key=self.api_key,
                         # explicit: GOOGLE_GENAI_USE_VERTEXAI in the environment must not turn
@@ -233,6 +237,10 @@ class GeminiCaller:
                             api_version=API_VERSION,
                             timeout=int(self.server_timeout * 1000),
                             httpx_client=self._http,
+                            # never used (the plugins are synchronous), but built by the SDK
+                            # unless given, each with an SSL context of its own
+                            httpx_async_client=httpx.AsyncClient(verify=ssl_context),
+                            async_client_args={"ssl": ssl_context},
                             # no retry_options: the SDK then tries once; ours are the only
                             # retries, with our backoff and the first-token deadline
                         ),

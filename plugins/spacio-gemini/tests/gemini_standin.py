@@ -457,6 +457,7 @@ class GeminiStandIn:
         malformed, mid_line, empty = self.malformed_after, self.stop_mid_line_after, self.empty_chunk_after
         error = self.error_after
         try:
+            yield b""  # the status line and headers now (werkzeug sends them on the first write)
             for n, chunk in enumerate(chunks):
                 if cut is not None and n >= cut:
                     # a dropped connection: end the chunked body without its terminating chunk

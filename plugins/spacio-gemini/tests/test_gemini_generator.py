@@ -367,10 +367,11 @@ def test_a_stream_that_breaks_before_any_text_is_retried(standin, standin_option
         standin.reply = "Second time lucky."
 
     sleeps = record_sleeps(generator, monkeypatch, then=heal)
-    items, error = consume(generator.stream(PROMPT))
+    items, error, elapsed = timed(generator.stream(PROMPT))
     assert error is None, error
     assert check_stream(items)[0] == "Second time lucky."
     assert len(sleeps) == 1 and len(standin.calls("stream")) == 2
+    assert elapsed < 2, "the break was not seen: the first try ran into the 5 s read timeout"
 
 
 def test_connection_refused_is_unavailable(standin_options):

@@ -2,6 +2,7 @@
 framing, chunk and error bodies, request validation) and the faults it injects."""
 
 import json
+import time
 
 import httpx
 import pytest
@@ -112,3 +113,15 @@ def test_faults_inside_a_stream(standin):
     chunks = events(post(standin, STREAM, CHAT))
     assert chunks[-1] == {"error": {"code": 503, "message": "The model is overloaded. Please try again later.",
                                     "status": "UNAVAILABLE"}}
+
+
+def test_a_stream_sends_its_headers_before_a_pause(standin):
+    """``stream_pause=(0, s)`` is a stall after the headers, before the first chunk."""
+    standin.stream_pause = (0, 1.0)
+    started = time.monotonic()
+    with httpx.stream("POST", standin.url + STREAM, json=CHAT, headers={"x-goog-api-key": API_KEY},
+                      timeout=5) as response:
+        headers_after = time.monotonic() - started
+        assert response.status_code == 200
+        response.read()
+    assert headers_after < 0.5 < time.monotonic() - started
