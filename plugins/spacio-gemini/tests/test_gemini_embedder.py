@@ -326,11 +326,23 @@ def test_wrong_key_is_an_upstream_error_and_not_retried(standin, standin_options
     assert len(standin.calls("embed")) == 1
 
 
-def test_permission_denied_is_an_upstream_error(standin, standin_options):
-    standin.fail(403, message="Permission denied: Consumer has been suspended.")
+@pytest.mark.parametrize("status", [401, 403])
+def test_unauthenticated_and_permission_denied_are_upstream_errors(standin, standin_options, status):
+    standin.fail(status, message="Permission denied: Consumer has been suspended.")
     with pytest.raises(PluginError) as error:
         embedder_for(standin_options).embed_query("suspended")
-    assert error.value.reason == "upstream_error" and "403" in error.value.message
+    assert type(error.value) is PluginError and error.value.reason == "upstream_error"
+    assert str(status) in error.value.message and "GEMINI_API_KEY" in error.value.message
+    assert len(standin.calls("embed")) == 1
+
+
+@pytest.mark.parametrize("status", [408, 409, 499, 502])
+def test_other_transient_statuses_are_retried(standin, standin_options, monkeypatch, status):
+    embedder = embedder_for(standin_options)
+    record_sleeps(embedder, monkeypatch)
+    standin.fail(status)
+    assert embedder.embed_query("once more").vectors.shape == (1, 768)
+    assert [c.status for c in standin.calls("embed")] == [status, 200]
 
 
 def test_unknown_model_at_the_api_is_an_upstream_error(standin, standin_options):
