@@ -23,13 +23,6 @@ import httpx
 import pydantic
 from google import genai
 from google.genai import errors, types
-
-# ``genai.Client`` imports its modules (models, types, the transformers) at import time, but
-# the models module pulls more on first use; importing it by name here does that with the
-# plugin, which the host imports at startup, instead of inside the first request where it
-# would stall every other stream of a gevent worker. (No network: not the I/O the contract
-# forbids.)
-from google.genai import models as _models  # noqa: F401
 from marshmallow import Schema, ValidationError, fields, post_load, validate
 
 from spacio.rag.contracts import InvalidInput, PluginError, UpstreamUnavailable
@@ -181,10 +174,13 @@ def _http_client(timeout: float, ssl_context: ssl.SSLContext) -> httpx.Client:
     transport = httpx.HTTPTransport(verify=ssl_context, limits=limits)
     # The same pool httpx builds, on a network backend that honours call deadlines. httpx
     # exposes no parameter for it; ``_pool`` is what its transport sends through (httpx 0.28).
-    transport._pool = httpcore.ConnectionPool(
-        ssl_context=ssl_context, max_connections=limits.max_connections,
-        max_keepalive_connections=limits.max_keepalive_connections, keepalive_expiry=limits.keepalive_expiry,
-        network_backend=_DeadlineBackend())
+    if isinstance(getattr(transport, "_pool", None), httpcore.ConnectionPool):
+        transport._pool = httpcore.ConnectionPool(
+            ssl_context=ssl_context, max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections, keepalive_expiry=limits.keepalive_expiry,
+            network_backend=_DeadlineBackend())
+    else:  # a future httpx: waits are then bounded by ``timeout`` and deadlines checked between chunks
+        log.warning("httpx's transport changed: Gemini stream deadlines are checked between chunks only")
     return _HttpClient(transport=transport, timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT)),
                        follow_redirects=False)
 
