@@ -448,8 +448,10 @@ class TestGeminiEmbedderExternal(EmbedderContract):
         """The local estimate against the API's own count (countTokens of a Gemini model,
         whose tokenizer the embedding model shares)."""
         from google import genai
+        from google.genai import types
 
-        client = genai.Client(api_key=os.environ["GEMINI_API_KEY"])
+        client = genai.Client(api_key=os.environ["GEMINI_API_KEY"], http_options=types.HttpOptions(
+            base_url=os.environ.get("GEMINI_BASE_URL") or None, api_version="v1beta"))
         files = sorted((EVAL_DOCS / "txt").glob("*.txt"))[:6] + sorted((EVAL_DOCS / "md").glob("*.md"))[:4]
         for path in files:
             text = path.read_bytes().decode("utf-8", "replace")[:20_000]

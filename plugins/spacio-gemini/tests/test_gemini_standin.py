@@ -125,3 +125,12 @@ def test_a_stream_sends_its_headers_before_a_pause(standin):
         assert response.status_code == 200
         response.read()
     assert headers_after < 0.5 < time.monotonic() - started
+
+
+def test_generate_content_and_embed_content_without_streaming(standin):
+    answer = post(standin, "/v1beta/models/gemini-2.5-flash:generateContent", CHAT).json()
+    assert answer["candidates"][0]["content"] == {"parts": [{"text": "You said: hello there"}], "role": "model"}
+    assert answer["candidates"][0]["finishReason"] == "STOP" and answer["usageMetadata"]["candidatesTokenCount"] == 4
+    one = post(standin, "/v1beta/models/text-embedding-004:embedContent",
+               {"content": {"parts": [{"text": "one text"}]}, "taskType": "RETRIEVAL_QUERY"}).json()
+    assert len(one["embedding"]["values"]) == 768
