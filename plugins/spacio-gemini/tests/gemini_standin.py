@@ -23,7 +23,8 @@ Answers are deterministic and meaningful enough to assert on:
 
 - the answer is ``reply`` when set, otherwise "You said: " and the last user text, one word
   per chunk; each chunk carries ``usageMetadata`` with the running counts, and the last one
-  an empty text part, ``finishReason`` and the final counts (as Gemini streams do);
+  an empty text part, ``finishReason`` and the final counts (as Gemini streams do); on
+  demand a first chunk whose content has only a role, or a thought-summary part;
 - embeddings are a signed hashed bag of words, unit length at the model's full size; cut
   by ``outputDimensionality`` they are shorter than unit length (Gemini normalises only
   full-size vectors). A small component for the task type makes documents and queries
@@ -177,6 +178,8 @@ class GeminiStandIn:
     no_finish: bool = False
     #: first chunk: a thought-summary part (as with ``includeThoughts``)
     thought_part: bool = False
+    #: first chunk: a candidate whose content has a role and no parts
+    role_only_first: bool = False
     #: thinking tokens reported in ``thoughtsTokenCount`` (0: left out)
     thoughts_tokens: int = 0
     #: replaces every chunk's ``usageMetadata`` (``{}``: none at all)
@@ -248,7 +251,7 @@ class GeminiStandIn:
         self.cut_after = self.malformed_after = self.stop_mid_line_after = self.empty_chunk_after = None
         self.error_after = self.finish_after = None
         self.block_prompt = None
-        self.no_finish = self.thought_part = False
+        self.no_finish = self.thought_part = self.role_only_first = False
         self.thoughts_tokens = 0
         self.usage = None
         self.chat_models = set(CHAT_MODELS)
@@ -425,6 +428,8 @@ class GeminiStandIn:
             chunks = [chunk(None, 0, promptFeedback={"blockReason": self.block_prompt, "safetyRatings": ratings})]
         else:
             chunks = []
+            if self.role_only_first:
+                chunks.append(chunk({"content": {"role": "model"}}, 0))
             if self.thought_part:
                 chunks.append(chunk({"content": {"parts": [{"text": "**Thinking** about the passages.",
                                                             "thought": True}], "role": "model"}}, 0))

@@ -206,12 +206,16 @@ def test_missing_usage_is_estimated_and_marked(standin, standin_options, caplog)
     assert "no token usage" in caplog.text and API_KEY not in caplog.text
 
 
-def test_thought_summaries_are_not_part_of_the_answer(standin, standin_options):
-    standin.thought_part = True
+def test_chunks_without_answer_text_yield_nothing(standin, standin_options):
+    """A role-only first chunk, a thought summary, the final chunk's empty part: no pieces."""
+    standin.role_only_first = standin.thought_part = True
     standin.reply = "The answer."
-    text, _ = check_stream(list(generator_for(standin_options).stream(PROMPT)))
-    assert text == "The answer."
-    assert standin.calls("stream")[0].response[0]["candidates"][0]["content"]["parts"][0]["thought"] is True
+    items = list(generator_for(standin_options).stream(PROMPT))
+    assert items[:-1] == ["The ", "answer."]
+    role_only, thought, *_, final = standin.calls("stream")[0].response
+    assert role_only["candidates"][0]["content"] == {"role": "model"}
+    assert thought["candidates"][0]["content"]["parts"][0]["thought"] is True
+    assert final["candidates"][0]["content"]["parts"] == [{"text": ""}]
 
 
 def test_max_tokens_finish_is_a_normal_end(standin, standin_options):
