@@ -7,7 +7,6 @@ import json
 import logging
 import math
 import os
-import random
 import socket
 import subprocess
 import sys
@@ -22,22 +21,16 @@ from spacio.rag.contracts import InvalidInput, PluginError, UpstreamUnavailable,
 from spacio.rag.registry import build
 from spacio.testing.contracts.vector_store import (
     RARE_WORD,
-    SENTENCES,
     VectorStoreContract,
     basis,
     cosine,
     new_document_id,
     random_records,
-    random_vector,
     record,
     unit,
 )
 from spacio_pinecone import PineconeVectorStore
 from spacio_pinecone.store import MAX_METADATA_BYTES, pinecone_namespace, record_id
-
-NO_KEYWORDS = ("keyword search: Pinecone's dense indexes have none, so the store declares keyword_search = False "
-               "and the host never gives it text (it answers keyword and hybrid searches from the vectors)")
-
 
 def store_on(standin: PineconeStandin, **options) -> PineconeVectorStore:
     return PineconeVectorStore(**{"api_key": API_KEY, "controller_host": standin.url, "backoff": 0.001,
@@ -48,10 +41,9 @@ def store_on(standin: PineconeStandin, **options) -> PineconeVectorStore:
 
 
 class TestPineconeContract(VectorStoreContract):
-    """Every contract test through pinecone 10 (REST) against the stand-in. The contract's
-    keyword tests do not apply (``keyword_search = False``): a test that is only about
-    keywords is skipped with that reason; one that checks vectors too runs its vector part
-    here, under the same name."""
+    """Every contract test through pinecone 10 (REST) against the stand-in. The store says
+    ``keyword_search = False``: the contract skips its keyword-only tests, with that reason,
+    and runs the vector part of the others."""
 
     crowd_size = 2000
 
@@ -60,96 +52,6 @@ class TestPineconeContract(VectorStoreContract):
         store = store_on(pinecone_server, index="contract")
         yield store
         store.close()
-
-    # ------------------------------------------------------------------ keyword-only tests
-
-    @pytest.mark.skip(reason=NO_KEYWORDS)
-    def test_keyword_search_finds_the_only_record_with_a_word(self):
-        pass
-
-    @pytest.mark.skip(reason=NO_KEYWORDS)
-    def test_keyword_search_answers_a_natural_language_question(self):
-        pass
-
-    @pytest.mark.skip(reason=NO_KEYWORDS)
-    def test_keyword_search_ranks_the_best_match_first(self):
-        pass
-
-    @pytest.mark.skip(reason=NO_KEYWORDS)
-    def test_keyword_search_with_operators_in_text_still_matches_words(self):
-        pass
-
-    @pytest.mark.skip(reason=NO_KEYWORDS + "; a hybrid search of this store is its vector search")
-    def test_hybrid_search_returns_the_union_ranked_sensibly(self):
-        pass
-
-    # ------------------------------------------------------------------ their vector parts
-
-    def test_upsert_twice_keeps_one_copy_and_the_new_content(self, store, namespace, dimensions):
-        """The contract's test without its keyword query."""
-        document = new_document_id()
-        records = random_records(document, 6, dimensions)
-        store.upsert(namespace, records)
-        replaced = [record(r.document_id, r.ordinal, basis(dimensions, 1), text=f"rewritten {RARE_WORD} text")
-                    if r.ordinal == 2 else r for r in records]
-        store.upsert(namespace, replaced)
-        assert store.count(namespace) == 6
-        hits = store.search(namespace, vector=basis(dimensions, 1), limit=1)
-        assert [h.id for h in hits] == [records[2].id]
-        assert hits[0].text == f"rewritten {RARE_WORD} text"
-
-    def test_document_ids_filter_in_every_mode(self, store, namespace, dimensions):
-        """The contract's test in vector mode, the only one this store has."""
-        first, second, third = new_document_id(), new_document_id(), new_document_id()
-        for document, seed in ((first, 1), (second, 2), (third, 3)):
-            rng = random.Random(seed)
-            store.upsert(namespace, [record(document, i, random_vector(dimensions, rng)) for i in range(6)])
-        query = basis(dimensions, 0)
-        hits = store.search(namespace, vector=query, limit=8, document_ids=[first, third])
-        assert len(hits) == 8 and {h.document_id for h in hits} <= {first, third}
-        only = store.search(namespace, vector=query, limit=20, document_ids=[second])
-        assert len(only) == 6 and {h.document_id for h in only} == {second}
-        assert store.search(namespace, vector=query, limit=5, document_ids=[new_document_id()]) == []
-
-    def test_delete_document_removes_only_that_document(self, store, namespace, dimensions):
-        """The contract's test, searching by vector only."""
-        gone, kept = new_document_id(), new_document_id()
-        store.upsert(namespace, random_records(gone, 4, dimensions, seed=1))
-        store.upsert(namespace, [record(kept, i, r.vector, text=f"{RARE_WORD} {i}")
-                                 for i, r in enumerate(random_records(kept, 3, dimensions, seed=2))])
-        store.upsert(namespace, [record(gone, 9, basis(dimensions, 0), text=f"{RARE_WORD} gone")])
-        store.delete_document(namespace, gone)
-        assert store.count(namespace, document_id=gone) == 0
-        assert store.count(namespace, document_id=kept) == 3
-        assert store.count(namespace) == 3
-        hits = store.search(namespace, limit=10, vector=basis(dimensions, 0))
-        assert {h.document_id for h in hits} == {kept}
-        store.delete_document(namespace, gone)  # twice is fine
-        assert store.count(namespace) == 3
-
-    def test_unicode_text_round_trips_and_is_searchable(self, store, namespace, dimensions):
-        """The contract's test without its keyword query."""
-        document = new_document_id()
-        text = "Grüße aus Zürich — 東京の天気は晴れ 🚀 naïve café Ωmega «quotes» e\u0301 \u200b end"
-        store.upsert(namespace, [record(document, 0, basis(dimensions, 0), text=text),
-                                 record(document, 1, basis(dimensions, 1), text=SENTENCES[0])])
-        hits = store.search(namespace, vector=basis(dimensions, 0), limit=1)
-        assert hits[0].text == text
-
-    def test_page_metadata_and_ordinal_round_trip(self, store, namespace, dimensions):
-        """The contract's test without its keyword query."""
-        document = new_document_id()
-        metadata = {"heading": "Intro > Scope", "page_end": 8, "tags": ["a", "ü"], "ratio": 0.25,
-                    "flag": True, "nothing": None, "nested": {"k": [1, 2, {"x": "y"}]}}
-        with_page = record(document, 41, basis(dimensions, 0), page=7, metadata=metadata)
-        without_page = record(document, 42, basis(dimensions, 1))
-        store.upsert(namespace, [with_page, without_page])
-        first = store.search(namespace, vector=basis(dimensions, 0), limit=1)[0]
-        assert (first.id, first.document_id, first.ordinal, first.page) == (with_page.id, document, 41, 7)
-        assert dict(first.metadata) == metadata
-        assert isinstance(first.ordinal, int) and isinstance(first.page, int)
-        second = store.search(namespace, vector=basis(dimensions, 1), limit=1)[0]
-        assert (second.id, second.ordinal, second.page, dict(second.metadata)) == (without_page.id, 42, None, {})
 
 
 # --------------------------------------------------------------------------- no keyword search

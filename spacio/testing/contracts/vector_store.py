@@ -128,6 +128,24 @@ class VectorStoreContract:
         return new_namespace()
 
     @pytest.fixture
+    def keywords(self, vector_store):
+        """Whether the store has keyword search (``keyword_search``; default True). A store
+        without it is never given text: keyword-only tests skip, mixed ones check vectors only."""
+        return getattr(vector_store, "keyword_search", True)
+
+    @pytest.fixture
+    def needs_keywords(self, keywords):
+        if not keywords:
+            pytest.skip("the store has no keyword search (keyword_search = False): the host answers keyword and "
+                        "hybrid searches from its vectors")
+
+    @staticmethod
+    def modes(keywords, vector, text):
+        """The search arguments a test runs in every mode the store has."""
+        found = [{"vector": vector}]
+        return found + [{"text": text}, {"vector": vector, "text": text}] if keywords else found
+
+    @pytest.fixture
     def store(self, vector_store, namespace, dimensions):
         """``vector_store`` with ``namespace`` ensured: the state most tests start from."""
         vector_store.ensure_namespace(namespace, dimensions)
@@ -143,19 +161,18 @@ class VectorStoreContract:
         vector_store.ensure_namespace(namespace, dimensions)
         assert vector_store.count(namespace) == 0
 
-    def test_empty_namespace_returns_nothing(self, store, namespace, dimensions):
-        query = basis(dimensions, 0)
-        assert store.search(namespace, vector=query, limit=5) == []
-        assert store.search(namespace, text="budget library", limit=5) == []
-        assert store.search(namespace, vector=query, text="budget library", limit=5) == []
+    def test_empty_namespace_returns_nothing(self, store, namespace, dimensions, keywords):
+        for kwargs in self.modes(keywords, basis(dimensions, 0), "budget library"):
+            assert store.search(namespace, limit=5, **kwargs) == [], kwargs
         assert store.count(namespace) == 0
         assert store.count(namespace, document_id=new_document_id()) == 0
 
-    def test_unknown_namespace_reads_as_empty_and_drops_quietly(self, vector_store, new_namespace, dimensions):
+    def test_unknown_namespace_reads_as_empty_and_drops_quietly(self, vector_store, new_namespace, dimensions,
+                                                                keywords):
         never_created = new_namespace()
         assert vector_store.count(never_created) == 0
-        assert vector_store.search(never_created, vector=basis(dimensions, 0), limit=3) == []
-        assert vector_store.search(never_created, text="budget", limit=3) == []
+        for kwargs in self.modes(keywords, basis(dimensions, 0), "budget"):
+            assert vector_store.search(never_created, limit=3, **kwargs) == [], kwargs
         vector_store.delete_document(never_created, new_document_id())
         vector_store.drop_namespace(never_created)
 
@@ -174,7 +191,7 @@ class VectorStoreContract:
         store.upsert(namespace, [])
         assert store.count(namespace) == 0
 
-    def test_upsert_twice_keeps_one_copy_and_the_new_content(self, store, namespace, dimensions):
+    def test_upsert_twice_keeps_one_copy_and_the_new_content(self, store, namespace, dimensions, keywords):
         document = new_document_id()
         records = random_records(document, 6, dimensions)
         store.upsert(namespace, records)
@@ -185,8 +202,9 @@ class VectorStoreContract:
         hits = store.search(namespace, vector=basis(dimensions, 1), limit=1)
         assert [h.id for h in hits] == [records[2].id]
         assert hits[0].text == f"rewritten {RARE_WORD} text"
-        keyword = store.search(namespace, text=RARE_WORD, limit=10)
-        assert [h.id for h in keyword] == [records[2].id]
+        if keywords:
+            keyword = store.search(namespace, text=RARE_WORD, limit=10)
+            assert [h.id for h in keyword] == [records[2].id]
 
     def test_large_batch(self, store, namespace, dimensions):
         document = new_document_id()
@@ -268,14 +286,14 @@ class VectorStoreContract:
         store.upsert(namespace, records + [rare])
         return records, rare
 
-    def test_keyword_search_finds_the_only_record_with_a_word(self, store, namespace, dimensions):
+    def test_keyword_search_finds_the_only_record_with_a_word(self, store, namespace, dimensions, needs_keywords):
         _, rare = self._keyword_corpus(store, namespace, dimensions)
         hits = store.search(namespace, text=RARE_WORD, limit=5)
         assert hits and hits[0].id == rare.id
         assert [h.id for h in hits] == [rare.id]  # nothing else contains the word
         assert hits[0].text == rare.text
 
-    def test_keyword_search_answers_a_natural_language_question(self, store, namespace, dimensions):
+    def test_keyword_search_answers_a_natural_language_question(self, store, namespace, dimensions, needs_keywords):
         """Questions contain words no record has: the query is an OR of terms, not an AND."""
         records, rare = self._keyword_corpus(store, namespace, dimensions)
         hits = store.search(namespace, text=f"What does the handbook say about {RARE_WORD.capitalize()}?", limit=5)
@@ -283,7 +301,7 @@ class VectorStoreContract:
         hits = store.search(namespace, text="Why did the valley flood after the rain?", limit=3)
         assert hits and hits[0].id == records[2].id
 
-    def test_keyword_search_ranks_the_best_match_first(self, store, namespace, dimensions):
+    def test_keyword_search_ranks_the_best_match_first(self, store, namespace, dimensions, needs_keywords):
         records, _ = self._keyword_corpus(store, namespace, dimensions)
         hits = store.search(namespace, text="glaciers melting snowfall", limit=3)
         assert hits[0].id == records[9].id
@@ -295,7 +313,7 @@ class VectorStoreContract:
         "!&|<->():*", "NEAR(budget library)", "^col:budget", "\\", "\x00nul", "", "   ", "?!.,", "the of and",
         "budget & | ! library", "{budget} [library]", "100% \"quoted\" 'single'",
     ])
-    def test_keyword_query_syntax_characters_never_error(self, store, namespace, dimensions, query):
+    def test_keyword_query_syntax_characters_never_error(self, store, namespace, dimensions, query, needs_keywords):
         self._keyword_corpus(store, namespace, dimensions)
         hits = store.search(namespace, text=query, limit=5)
         assert isinstance(hits, list)
@@ -303,14 +321,14 @@ class VectorStoreContract:
         hybrid = store.search(namespace, text=query, vector=basis(dimensions, 0), limit=5)
         assert len(hybrid) == 5  # the vector side still answers
 
-    def test_keyword_search_with_operators_in_text_still_matches_words(self, store, namespace, dimensions):
+    def test_keyword_search_with_operators_in_text_still_matches_words(self, store, namespace, dimensions, needs_keywords):
         _, rare = self._keyword_corpus(store, namespace, dimensions)
         hits = store.search(namespace, text=f'"{RARE_WORD}* OR (', limit=5)
         assert hits and hits[0].id == rare.id
 
     # ------------------------------------------------------------------ hybrid
 
-    def test_hybrid_search_returns_the_union_ranked_sensibly(self, store, namespace, dimensions):
+    def test_hybrid_search_returns_the_union_ranked_sensibly(self, store, namespace, dimensions, needs_keywords):
         document = new_document_id()
         query_vector = basis(dimensions, 0)
         both = record(document, 0, basis(dimensions, 0, noise=0.05, seed=4), text=f"A note on {RARE_WORD} and yeast.")
@@ -328,7 +346,7 @@ class VectorStoreContract:
         assert scores == sorted(scores, reverse=True)
         assert len(set(ids)) == len(ids)
 
-    def test_hybrid_search_fills_the_limit_from_the_vector_side(self, store, namespace, dimensions):
+    def test_hybrid_search_fills_the_limit_from_the_vector_side(self, store, namespace, dimensions, needs_keywords):
         document = new_document_id()
         store.upsert(namespace, random_records(document, 15, dimensions))
         hits = store.search(namespace, vector=basis(dimensions, 0), text=RARE_WORD, limit=10)
@@ -336,7 +354,7 @@ class VectorStoreContract:
 
     # ------------------------------------------------------------------ filters
 
-    def test_document_ids_filter_in_every_mode(self, store, namespace, dimensions):
+    def test_document_ids_filter_in_every_mode(self, store, namespace, dimensions, keywords):
         first, second, third = new_document_id(), new_document_id(), new_document_id()
         texts = [f"{RARE_WORD} notes part {i}" for i in range(6)]
         for document, seed in ((first, 1), (second, 2), (third, 3)):
@@ -345,7 +363,7 @@ class VectorStoreContract:
                                      for i in range(6)])
         wanted = {first, third}
         query = basis(dimensions, 0)
-        for kwargs in ({"vector": query}, {"text": RARE_WORD}, {"vector": query, "text": RARE_WORD}):
+        for kwargs in self.modes(keywords, query, RARE_WORD):
             hits = store.search(namespace, limit=8, document_ids=[first, third], **kwargs)
             assert len(hits) == 8, kwargs
             assert {h.document_id for h in hits} <= wanted, kwargs
@@ -356,7 +374,7 @@ class VectorStoreContract:
 
     # ------------------------------------------------------------------ deletes
 
-    def test_delete_document_removes_only_that_document(self, store, namespace, dimensions):
+    def test_delete_document_removes_only_that_document(self, store, namespace, dimensions, keywords):
         gone, kept = new_document_id(), new_document_id()
         store.upsert(namespace, random_records(gone, 4, dimensions, seed=1))
         store.upsert(namespace, [record(kept, i, r.vector, text=f"{RARE_WORD} {i}")
@@ -366,8 +384,7 @@ class VectorStoreContract:
         assert store.count(namespace, document_id=gone) == 0
         assert store.count(namespace, document_id=kept) == 3
         assert store.count(namespace) == 3
-        for kwargs in ({"vector": basis(dimensions, 0)}, {"text": RARE_WORD},
-                       {"vector": basis(dimensions, 0), "text": RARE_WORD}):
+        for kwargs in self.modes(keywords, basis(dimensions, 0), RARE_WORD):
             hits = store.search(namespace, limit=10, **kwargs)
             assert {h.document_id for h in hits} == {kept}, kwargs
         store.delete_document(namespace, gone)  # twice is fine
@@ -388,7 +405,7 @@ class VectorStoreContract:
         vector_store.upsert(dropped, random_records(new_document_id(), 2, dimensions))
         assert vector_store.count(dropped) == 2
 
-    def test_namespaces_are_isolated(self, vector_store, new_namespace, dimensions):
+    def test_namespaces_are_isolated(self, vector_store, new_namespace, dimensions, keywords):
         a, b = new_namespace(), new_namespace()
         vector_store.ensure_namespace(a, dimensions)
         vector_store.ensure_namespace(b, dimensions)
@@ -398,11 +415,11 @@ class VectorStoreContract:
         vector_store.upsert(a, in_a)
         vector_store.upsert(b, in_b)
         a_ids = {r.id for r in in_a}
-        for kwargs in ({"vector": basis(dimensions, 0)}, {"text": RARE_WORD},
-                       {"vector": basis(dimensions, 0), "text": RARE_WORD}):
+        for kwargs in self.modes(keywords, basis(dimensions, 0), RARE_WORD):
             hits = vector_store.search(a, limit=10, **kwargs)
             assert {h.id for h in hits} <= a_ids, kwargs
-        assert vector_store.search(a, text=RARE_WORD, limit=10) == []
+        if keywords:
+            assert vector_store.search(a, text=RARE_WORD, limit=10) == []
         assert vector_store.search(a, vector=basis(dimensions, 0), limit=10, document_ids=[b_document]) == []
         assert vector_store.count(a, document_id=b_document) == 0
         vector_store.delete_document(a, b_document)
@@ -410,18 +427,19 @@ class VectorStoreContract:
 
     # ------------------------------------------------------------------ round trips
 
-    def test_unicode_text_round_trips_and_is_searchable(self, store, namespace, dimensions):
+    def test_unicode_text_round_trips_and_is_searchable(self, store, namespace, dimensions, keywords):
         document = new_document_id()
         text = "Grüße aus Zürich — 東京の天気は晴れ 🚀 naïve café Ωmega «quotes» e\u0301 \u200b end"
         store.upsert(namespace, [record(document, 0, basis(dimensions, 0), text=text),
                                  record(document, 1, basis(dimensions, 1), text=SENTENCES[0])])
         hits = store.search(namespace, vector=basis(dimensions, 0), limit=1)
         assert hits[0].text == text
-        keyword = store.search(namespace, text="Zürich", limit=5)
-        assert [h.ordinal for h in keyword] == [0]
-        assert keyword[0].text == text
+        if keywords:
+            keyword = store.search(namespace, text="Zürich", limit=5)
+            assert [h.ordinal for h in keyword] == [0]
+            assert keyword[0].text == text
 
-    def test_page_metadata_and_ordinal_round_trip(self, store, namespace, dimensions):
+    def test_page_metadata_and_ordinal_round_trip(self, store, namespace, dimensions, keywords):
         document = new_document_id()
         metadata = {"heading": "Intro > Scope", "page_end": 8, "tags": ["a", "ü"], "ratio": 0.25,
                     "flag": True, "nothing": None, "nested": {"k": [1, 2, {"x": "y"}]}}
@@ -434,7 +452,8 @@ class VectorStoreContract:
         assert dict(first.metadata) == metadata
         second = store.search(namespace, vector=basis(dimensions, 1), limit=1)[0]
         assert (second.id, second.ordinal, second.page, dict(second.metadata)) == (without_page.id, 42, None, {})
-        keyword = store.search(namespace, text="orchestra", limit=5)  # only in the text of ordinal 41
-        assert [(h.id, h.page, dict(h.metadata)) for h in keyword] == [(with_page.id, 7, metadata)]
+        if keywords:
+            keyword = store.search(namespace, text="orchestra", limit=5)  # only in the text of ordinal 41
+            assert [(h.id, h.page, dict(h.metadata)) for h in keyword] == [(with_page.id, 7, metadata)]
         by_id = {h.id: h for h in store.search(namespace, vector=basis(dimensions, 0), limit=2)}
         assert by_id[without_page.id].page is None and dict(by_id[with_page.id].metadata) == metadata
