@@ -140,23 +140,24 @@ class Jobs:
         embedded default the in-process worker starts on first use if the server did not
         start it. Raises ``QueueUnavailable`` with the ids the broker refused (Redis down)."""
         sent = self.start_inprocess_worker() if self.inprocess else set()
-        self._send(self.ingest, [(str(i),) for i in document_ids if i not in sent])
+        self._send(self.ingest, [(i, (str(i),)) for i in document_ids if i not in sent])
 
     def enqueue_build(self, build_id, document_ids):
         """Queue documents of a reindex (``build_id``); call after its rows are committed."""
         sent = self.start_inprocess_worker() if self.inprocess else set()
-        self._send(self.build, [(str(build_id), str(i)) for i in document_ids if (build_id, i) not in sent])
+        self._send(self.build, [(i, (str(build_id), str(i))) for i in document_ids if (build_id, i) not in sent])
 
     def _send(self, actor, messages):
+        """Send ``(document_id, args)`` messages; ``QueueUnavailable`` with the ids refused."""
         unsent = []
-        for args in messages:
+        for document_id, args in messages:
             if not unsent:  # once the broker has refused one, do not wait on it for each
                 try:
                     actor.send(*args)
                     continue
                 except (redis.RedisError, dramatiq.errors.BrokerConnectionError) as exc:
                     log.warning("the ingestion queue refused a message: %s", exc.__class__.__name__)
-            unsent.append(args[-1])
+            unsent.append(document_id)
         if unsent:
             raise QueueUnavailable(unsent)
 

@@ -58,12 +58,12 @@ class ChunkSchema(ma.Schema):
 
 
 class ReindexSchema(ma.Schema):
-    id = ma.fields.UUID()
+    id = ma.fields.UUID(allow_none=True, metadata={"description": "null when the space was never reindexed"})
     space_id = ma.fields.UUID()
     status = ma.fields.String(metadata={
-        "enum": list(BUILD_STATUSES),
+        "enum": [*BUILD_STATUSES, "none"],
         "description": "building: the new index is being built while the old one answers; switched: the space "
-                       "uses the new one; failed: the space kept the old one (see error)"})
+                       "uses the new one; failed: the space kept the old one (see error); none: never reindexed"})
     error = ma.fields.Nested(ErrorInfoSchema, allow_none=True)
     pipeline = ma.fields.Dict(metadata={"description": "the plugins the new index is built with"})
     total = ma.fields.Integer(metadata={"description": "documents to index"})
@@ -72,5 +72,5 @@ class ReindexSchema(ma.Schema):
     failed = ma.fields.Integer(metadata={"description": "documents the new plugins cannot read (they show it after "
                                                         "the switch)"})
     documents = ma.fields.Integer(metadata={"description": "the same as total"})
-    created_at = Timestamp()
-    updated_at = Timestamp()
+    created_at = Timestamp(allow_none=True)
+    updated_at = Timestamp(allow_none=True)

@@ -192,8 +192,11 @@ def reindex_status(user, space_id):
     """The space's latest reindex, with how far it is."""
     space = access(user, space_id, READ)
     build = reindexing.latest(space.id)
-    if build is None:
-        raise NotFound("This space has not been reindexed.", reason="reindex_not_found")
+    if build is None:  # never reindexed: its index is the one it was created with
+        return {"id": None, "space_id": space.id, "status": "none", "error": None,
+                "pipeline": {k: v for k, v in (space.pipeline or {}).items() if k != "namespace"},
+                "total": 0, "queued": 0, "done": 0, "failed": 0, "documents": 0, "created_at": None,
+                "updated_at": None}
     return describe_reindex(build)
 
 

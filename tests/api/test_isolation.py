@@ -57,6 +57,7 @@ ENDPOINTS = [
     Endpoint("GET", "/spaces/{space_id}/documents/{document_id}/file", "viewer", ok=200),
     Endpoint("POST", "/spaces/{space_id}/documents/{document_id}/reindex", "editor", ok=202),
     Endpoint("POST", "/spaces/{space_id}/reindex", "editor", ok=202),
+    Endpoint("GET", "/spaces/{space_id}/reindex", "viewer", ok=200),
     Endpoint("GET", "/spaces/{space_id}/chunks/{chunk_id}", "viewer", ok=200),
     Endpoint("POST", "/spaces/{space_id}/search", "viewer", {"query": "isolation"}, ok=200),
     Endpoint("POST", "/spaces/{space_id}/query", "viewer", {"question": "Is isolation tested on every endpoint?"},

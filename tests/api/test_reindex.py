@@ -26,6 +26,12 @@ def reindex_status(client, user, space_id):
     return response.json
 
 
+def test_a_space_never_reindexed_says_so(client, alice, space):
+    status = reindex_status(client, alice, space["id"])
+    assert (status["id"], status["status"], status["total"]) == (None, "none", 0)
+    assert status["pipeline"] == client.get(space_url(space["id"]), headers=alice.headers).json["pipeline"]
+
+
 def test_a_reindex_that_fails_leaves_the_old_index_answering(make_app):
     """The new embedder crashes on one document through every retry: the build fails with the
     reason, the space keeps its plugins, documents, chunks and hits, and the new namespace goes."""
