@@ -19,8 +19,21 @@ from spacio.auth import principal
 class Api(flask_smorest.Api):
     ERROR_SCHEMA = errors.ErrorSchema
 
+    def init_app(self, app, *args, **kwargs):
+        super().init_app(app, *args, **kwargs)
+        self.ma_plugin.converter.add_attribute_function(_only_null)
+
     def handle_http_exception(self, error):
         return errors.http_exception_response(error)
+
+
+def _only_null(self, field, ret, **kwargs):
+    """apispec writes a nullable nested object (OpenAPI 3.0) as ``anyOf: [its schema, {type: object,
+    nullable: true}]``, whose second branch admits ANY object: the null branch admits null only."""
+    for branch in ret.get("anyOf") or ():
+        if branch == {"type": "object", "nullable": True}:
+            branch["enum"] = [None]
+    return {}
 
 
 def _api_rate_limit():

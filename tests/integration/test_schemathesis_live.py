@@ -140,6 +140,13 @@ def crosses_chunk_rule(case):
     return isinstance(size, int) and isinstance(overlap, int) and overlap >= size // 2
 
 
+def chooses_a_generator(case):
+    """Whether the body picks a space's generator: a schema-valid name may not be installed, or
+    not configured on this server (422 generator_not_usable, what GET /plugins says)."""
+    settings = case.body.get("settings") if isinstance(case.body, dict) else None
+    return isinstance(settings, dict) and bool(settings.get("generator"))
+
+
 def excluded_checks(case):
     """Checks that cannot hold for a case because of what this harness does to it."""
     excluded = []
@@ -147,9 +154,10 @@ def excluded_checks(case):
         # a schema-valid password may be too weak (422), a schema-valid file of an unsupported
         # type is refused (415): rules of the content the schema cannot express
         excluded.append(positive_data_acceptance)
-    if crosses_chunk_rule(case):
+    if crosses_chunk_rule(case) or chooses_a_generator(case):
         # chunk_overlap < chunk_size // 2 (of the space's settings after the change): a rule
-        # across two fields, and for PATCH across stored state, that JSON Schema cannot state
+        # across two fields, and for PATCH across stored state, that JSON Schema cannot state;
+        # a generator must be installed and configured here: a rule of the server, not the schema
         excluded.append(positive_data_acceptance)
     negative = {location for location, info in case.meta.components.items()
                 if info.mode == GenerationMode.NEGATIVE} if case.meta else set()
