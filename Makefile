@@ -5,9 +5,9 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-# make run installs the plugins of the defaults; make test installs every plugin
-RUN_PLUGINS := plugins/spacio-pdf plugins/spacio-docx plugins/spacio-minilm plugins/spacio-pgvector
+# every first-party plugin is installed, so SPACIO_GENERATOR=openai make run just works
 PLUGINS := $(wildcard plugins/*/setup.cfg)
+RUN_PLUGINS := $(patsubst %/,%,$(dir $(PLUGINS)))
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
@@ -25,7 +25,7 @@ $(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml $(PLUGINS)
 	@touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]' $(foreach p,$(PLUGINS),-e $(dir $(p)))
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]' $(foreach p,$(RUN_PLUGINS),-e $(p))
 	@touch $@
 
 venv: $(VENV)/.installed

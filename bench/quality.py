@@ -36,8 +36,9 @@ Documents whose text another document already has are not stored twice by the up
 for every setting of the grid; the chosen setting is then checked end to end by ``/search``
 in hybrid mode. ``--calibrate`` compares the best cosine (``/search`` vector, top 1) of
 SciFact train claims, which all have a relevant abstract in the corpus, with clearly
-off-topic questions (cooking, sports, programming, travel, ...) to place
-``SPACIO_GROUNDED_MIN_SIMILARITY``.
+off-topic questions (cooking, sports, programming, travel, ...) to place the grounded
+threshold of the embedder the server runs (``--env SPACIO_EMBEDDER=openai`` for another):
+it prints the value to declare as the embedder's ``grounded_min_similarity``.
 
 Writes bench/results/quality.json (evaluation), quality-tuning.json (``--tune``),
 quality-calibration.json (``--calibrate``); with ``--backend postgres`` the evaluation goes
@@ -546,7 +547,10 @@ def calibrate(api, ids, args):
         share = sum(v >= threshold for v in values) / len(values)
         return round(share if relevant else 1 - share, 3)
 
-    out = {"benchmark": "quality-calibration", "embedder": "local (all-MiniLM-L6-v2 int8)",
+    status, space = api.call("GET", f"/api/v1/spaces/{ids['scifact']}")
+    assert status == 200, space
+    embedder = space["pipeline"]["embedder"]
+    out = {"benchmark": "quality-calibration", "embedder": embedder,
            "cosine": {"threshold": cos_t, "balanced_accuracy_train": round(cos_acc, 3),
                       "scifact_train_claims": describe(on_cos), "off_topic_tuning": describe(off_cos),
                       "grounded_share_scifact_train": rates(on_cos, cos_t, True),
@@ -562,9 +566,13 @@ def calibrate(api, ids, args):
                                  ("grounded_share" if relevant else "rejected_share"): {
                                      "cosine": rates(cos, cos_t, relevant), "keyword": rates(cov, cov_t, relevant)}}
     print(json.dumps(out, indent=1))
+    print(f"grounded_min_similarity for the embedder {embedder['name']!r} (model {embedder['model']}): {cos_t} "
+          f"(declare it on the embedder class, or set SPACIO_GROUNDED_MIN_SIMILARITY={cos_t})")
     if not args.no_write:
-        (RESULTS / "quality-calibration.json").write_text(json.dumps(out, indent=1) + "\n")
-        print("wrote bench/results/quality-calibration.json")
+        name = "quality-calibration.json" if embedder["name"] == "local" else \
+            f"quality-calibration-{embedder['name']}.json"
+        (RESULTS / name).write_text(json.dumps(out, indent=1) + "\n")
+        print(f"wrote bench/results/{name}")
 
 
 if __name__ == "__main__":
