@@ -22,6 +22,7 @@ from dramatiq.middleware import CurrentMessage, Middleware
 from flask import current_app
 
 from spacio import logs
+from spacio.heap import ReleaseFreedHeap
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ def init_app(app):
     # first: its before_ hooks run first and its after_ hooks last (Dramatiq runs those in
     # reverse), so the other middleware's lines (Retries' "retrying") carry the id too
     broker.add_middleware(RequestIdMiddleware(), before=type(broker.middleware[0]))
+    broker.add_middleware(ReleaseFreedHeap())  # what a document used goes back to the OS (spacio.heap)
     options = {
         "max_retries": int(cfg["INGEST_MAX_RETRIES"]),
         "min_backoff": int(cfg["INGEST_MIN_BACKOFF_MS"]),
