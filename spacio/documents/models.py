@@ -37,6 +37,8 @@ class Document(db.Model):
     chunks: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     tokens: Mapped[int] = mapped_column(Integer, nullable=False, default=0)  # embedded, for usage
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    # per page, where the text came from (spacio.rag.pipeline.diagnostics_of); None: not reported
+    diagnostics: Mapped[dict | None] = mapped_column(JSON)
     created_at = created_at()
     updated_at = updated_at()
 
@@ -129,5 +131,6 @@ class BuildDocument(db.Model):
     pages: Mapped[int | None] = mapped_column(Integer)
     chunks: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     tokens: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    diagnostics: Mapped[dict | None] = mapped_column(JSON)
     error_reason: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)

@@ -10,6 +10,19 @@ class ErrorInfoSchema(ma.Schema):
     message = ma.fields.String()
 
 
+class SkippedPageSchema(ma.Schema):
+    page = ma.fields.Integer()
+    reason = ma.fields.String(metadata={"description": "e.g. no_text_layer, too_many_pixels, ocr_timeout"})
+
+
+class DiagnosticsSchema(ma.Schema):
+    pages_with_text = ma.fields.Integer(metadata={"description": "pages read from the file's text layer"})
+    pages_ocr = ma.fields.Integer(metadata={"description": "pages recognised from their image (OCR)"})
+    pages_skipped = ma.fields.Integer(metadata={"description": "pages no text was kept from"})
+    skipped = ma.fields.List(ma.fields.Nested(SkippedPageSchema), metadata={
+        "description": "the skipped pages and why (at most 500)"})
+
+
 class DocumentSchema(ma.Schema):
     id = ma.fields.UUID(dump_only=True)
     filename = ma.fields.String(dump_only=True)
@@ -23,6 +36,8 @@ class DocumentSchema(ma.Schema):
     pages = ma.fields.Integer(dump_only=True, allow_none=True,
                               metadata={"description": "null for formats without pages"})
     chunks = ma.fields.Integer(dump_only=True)
+    diagnostics = ma.fields.Nested(DiagnosticsSchema, dump_only=True, allow_none=True, metadata={
+        "description": "per page, where the text came from; null for formats without pages, or before ingestion"})
     uploaded_by = ma.fields.UUID(dump_only=True, allow_none=True)
     created_at = Timestamp()
     updated_at = Timestamp()

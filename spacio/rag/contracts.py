@@ -111,11 +111,23 @@ class Section:
 
 
 @dataclass(frozen=True)
+class PageReport:
+    """Where one page's text came from, for a document's per-page diagnostics: ``text`` (the
+    file's text layer), ``ocr`` (recognised from the page's image) or ``skipped`` (no text kept
+    from it; ``reason`` says why, e.g. ``no_text_layer``, ``too_many_pixels``, ``ocr_timeout``)."""
+
+    page: int
+    source: str  # "text" | "ocr" | "skipped"
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
 class ParsedDocument:
     sections: tuple[Section, ...]
     pages: int | None = None  # page count, None for formats without pages
     title: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    page_reports: tuple[PageReport, ...] = ()  # optional: one per page, for formats with pages
 
     @property
     def text(self) -> str:
@@ -128,7 +140,12 @@ class Parser(Protocol):
 
     Raise ``InvalidInput`` (with a specific reason) for a file that cannot be read; never
     let a library exception escape for bad input. A file with no text at all returns a
-    ParsedDocument with no sections (the host fails it as ``empty_document``)."""
+    ParsedDocument with no sections (the host fails it as ``empty_document``).
+
+    Optional ``priority`` (int, default 0): when two installed parsers read one media type,
+    the higher one reads it (an OCR-capable PDF parser over the text-layer one); equal ones go
+    by name. A parser with pages may say per page where its text came from (``page_reports``):
+    the document then shows it (GET document ``diagnostics``)."""
 
     media_types: frozenset[str]
 

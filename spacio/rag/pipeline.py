@@ -104,6 +104,23 @@ class Indexed:
     pages: int | None
     chunks: list
     tokens: int
+    diagnostics: dict | None = None
+
+
+MAX_SKIPPED_LISTED = 500
+
+
+def diagnostics_of(parsed) -> dict | None:
+    """A document's per-page diagnostics from its parser's page reports (None when it gave
+    none): how many pages had a text layer, were recognised by OCR, or were skipped, and
+    which were skipped and why."""
+    reports = parsed.page_reports
+    if not reports:
+        return None
+    count = {source: sum(1 for r in reports if r.source == source) for source in ("text", "ocr", "skipped")}
+    return {"pages_with_text": count["text"], "pages_ocr": count["ocr"], "pages_skipped": count["skipped"],
+            "skipped": [{"page": r.page, "reason": r.reason} for r in reports
+                        if r.source == "skipped"][:MAX_SKIPPED_LISTED]}
 
 
 def index_document(document_id, into: Target, settings, *, on_step=None):
@@ -145,7 +162,7 @@ def index_document(document_id, into: Target, settings, *, on_step=None):
     store = plugins.vector_store
     plugin_runner(store)(_replace_vectors, store, into.namespace, int(plugins.embedder.dimensions),
                          str(document_id), records)
-    return Indexed(parsed.pages, chunks, tokens)
+    return Indexed(parsed.pages, chunks, tokens, diagnostics_of(parsed))
 
 
 def write_chunks(document_id, into: Target, chunks):
@@ -325,7 +342,7 @@ def _finish(run, into, indexed):
     done = current and db.session.execute(
         update(Document).where(Document.id == document_id, Document.attempts == run.number)
         .values(status="ready", progress=1.0, pages=indexed.pages, chunks=len(indexed.chunks),
-                tokens=indexed.tokens, updated_at=utcnow())
+                tokens=indexed.tokens, diagnostics=indexed.diagnostics, updated_at=utcnow())
     ).rowcount
     if not done:
         gone = current and db.session.scalar(select(Document.id).where(Document.id == document_id)) is None

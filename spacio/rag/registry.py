@@ -175,7 +175,9 @@ class Registry:
         for name in self.selection["parser"]:
             parser = build("parser", name, config, host_options, parsers)
             for media_type in parser.media_types:
-                self.parsers.setdefault(media_type, parser)
+                other = self.parsers.get(media_type)
+                if other is None or _priority(parser) > _priority(other):  # equal: the first by name
+                    self.parsers[media_type] = parser
         self.chunker = self._one("chunker", host_options, required=True)
         self.embedder = self._one("embedder", host_options, required=True)
         self.vector_store = self._one("vector_store", host_options, required=True)
@@ -343,6 +345,10 @@ class Registry:
             entry["problem"] = self.generator_problem(entry["name"])
             entry["usable"] = entry["problem"] is None
         return result
+
+
+def _priority(parser) -> int:
+    return int(getattr(parser, "priority", 0) or 0)
 
 
 def _show(part):

@@ -148,7 +148,8 @@ def _finish(build_id, document_id, into, indexed):
     done = status == "building" and db.session.execute(
         update(BuildDocument).where(BuildDocument.build_id == build_id, BuildDocument.document_id == document_id,
                                     BuildDocument.status == "queued")
-        .values(status="done", pages=indexed.pages, chunks=len(indexed.chunks), tokens=indexed.tokens)).rowcount
+        .values(status="done", pages=indexed.pages, chunks=len(indexed.chunks), tokens=indexed.tokens,
+                diagnostics=indexed.diagnostics)).rowcount
     if not done:
         db.session.rollback()
         if status != "building":
@@ -210,11 +211,13 @@ def switch_if_complete(build_id) -> bool:
         db.session.execute(
             update(documents).where(documents.c.id == bindparam("document")).values(
                 status=bindparam("status"), progress=bindparam("progress"), pages=bindparam("pages"),
-                chunks=bindparam("chunks"), tokens=bindparam("tokens"), error_reason=bindparam("reason"),
+                chunks=bindparam("chunks"), tokens=bindparam("tokens"), diagnostics=bindparam("diagnostics"),
+                error_reason=bindparam("reason"),
                 error_message=bindparam("message"), attempts=documents.c.attempts + 1, updated_at=utcnow()),
             [{"document": item.document_id, "status": "ready" if item.status == "done" else "failed",
               "progress": 1.0 if item.status == "done" else 0.0, "pages": item.pages, "chunks": item.chunks,
-              "tokens": item.tokens, "reason": item.error_reason, "message": item.error_message}
+              "tokens": item.tokens, "diagnostics": item.diagnostics, "reason": item.error_reason,
+              "message": item.error_message}
              for item in items])
     namespace = pipeline.namespace_of(space_id, recorded)
     db.session.execute(delete(Chunk).where(Chunk.space_id == space_id, Chunk.namespace != namespace))

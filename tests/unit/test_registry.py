@@ -389,3 +389,28 @@ def test_the_parser_selection_decides_which_media_types_are_read(host):
     two = Registry(selection(PARSERS=["text", "pdf"]), host)
     assert set(two.parsers) == {"text/plain", "application/pdf"}
     assert Registry(selection(PARSERS="*"), host).selection["parser"] == everything.selection["parser"]
+
+
+PARSERS_OF_TEXT = '''
+from spacio.rag.contracts import ParsedDocument, Section
+
+
+class Plain:
+    media_types = frozenset({"text/plain"})
+
+    def parse(self, blob):
+        return ParsedDocument((Section("plain"),))
+
+
+class Better(Plain):
+    priority = 10
+'''
+
+
+def test_the_parser_with_the_higher_priority_reads_a_media_type(distributions, host):
+    distributions("spacio-better", {"spacio.parsers": {"aaa-plain": "parsers_{id}:Plain",
+                                                        "zzz-better": "parsers_{id}:Better"}},
+                  {"parsers_{id}": PARSERS_OF_TEXT})
+    assert type(Registry(selection(PARSERS="aaa-plain,zzz-better"), host).parsers["text/plain"]).__name__ == "Better"
+    # equal priorities: the first by name, as before (text is built in: "aaa-plain" comes first)
+    assert type(Registry(selection(PARSERS="aaa-plain,text"), host).parsers["text/plain"]).__name__ == "Plain"

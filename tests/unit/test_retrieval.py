@@ -126,3 +126,14 @@ def test_plugins_run_on_a_real_thread_unless_they_say_they_are_not_cpu_bound():
     assert plugin_runner(Local()) is in_real_thread  # the default: CPU-bound (MiniLM, the local store)
     assert plugin_runner(Remote()) is _direct  # pgvector: its psycopg pool lives on the hub
     assert plugin_runner(Local(), cpu_bound=False) is _direct  # generators: remote unless they say otherwise
+
+
+def test_page_reports_become_a_documents_diagnostics():
+    from spacio.rag.contracts import PageReport, ParsedDocument, Section
+    from spacio.rag.pipeline import diagnostics_of
+
+    parsed = ParsedDocument((Section("x", page=1),), pages=3, page_reports=(
+        PageReport(1, "text"), PageReport(2, "ocr"), PageReport(3, "skipped", "too_many_pixels")))
+    assert diagnostics_of(parsed) == {"pages_with_text": 1, "pages_ocr": 1, "pages_skipped": 1,
+                                      "skipped": [{"page": 3, "reason": "too_many_pixels"}]}
+    assert diagnostics_of(ParsedDocument((Section("x"),))) is None
